@@ -1,0 +1,40 @@
+# gtpe — developer entry points. Quickstart: `make demo`, then `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+# Offline machines: use the staged mirror beside the repository when GTPE_MIRROR is unset.
+ifeq ($(origin GTPE_MIRROR), undefined)
+  ifneq ($(wildcard ../shared/data/README.md),)
+    export GTPE_MIRROR := $(abspath ../shared/data)
+  endif
+endif
+
+.PHONY: venv demo test lint bench clean
+
+venv: $(VENV)/.installed
+
+# torch first (a pinned CPU wheel), then the project: pip never resolves a bare `torch`.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q -e '.[dev]'
+	touch $@
+
+demo: venv
+	$(VENV)/bin/gtpe train configs/zinc/gps+rwse.yaml --set train.epochs=3 --out runs/demo
+
+test: venv
+	$(PY) -m pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check gtpe tests benchmarks examples
+
+bench: venv
+	$(PY) benchmarks/pe_bench.py
+	$(PY) benchmarks/train_bench.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,21 @@
+"""gtpe: graph transformers and positional encodings for PyTorch Geometric.
+
+Subpackages:
+    gtpe.transforms  positional / structural encodings as PyG transforms (+ ``precompute``)
+    gtpe.nn          attention modules, PE encoders and the GPS layer
+    gtpe.models      ``GPSModel`` built from a config dataclass
+    gtpe.datasets    loaders (official sources or the ``GTPE_MIRROR`` offline mirror) and metrics
+    gtpe.train       the training loop behind ``gtpe train``
+"""
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "precompute"]
+
+
+def precompute(*args: Any, **kwargs: Any):
+    """Run PE transforms over many graphs in batches (see :func:`gtpe.transforms.precompute`)."""
+    from gtpe.transforms.precompute import precompute as _precompute
+
+    return _precompute(*args, **kwargs)

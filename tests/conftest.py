@@ -1,0 +1,28 @@
+"""Test-session defaults.
+
+* ``GTPE_MIRROR``: the offline data mirror (``../shared/data`` beside the repository), unless set.
+* ``GTPE_DATA_ROOT``: processed-data cache for the tests, outside the repository so that the
+  tests never write into ``datasets/``. It persists in the system temp dir (override with
+  ``GTPE_TEST_DATA_ROOT``) so that repeated local runs reuse the built datasets; a fresh CI machine
+  builds each dataset once per session. Tests that exercise the cache itself use their own tmp roots.
+"""
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+_REPO = Path(__file__).resolve().parents[1]
+_MIRROR = _REPO.parent / "shared" / "data"
+
+if "GTPE_MIRROR" not in os.environ and _MIRROR.is_dir():
+    os.environ["GTPE_MIRROR"] = str(_MIRROR)
+elif "GTPE_MIRROR" in os.environ:
+    os.environ["GTPE_MIRROR"] = str(Path(os.environ["GTPE_MIRROR"]).resolve())
+
+os.environ["GTPE_DATA_ROOT"] = os.environ.get(
+    "GTPE_TEST_DATA_ROOT", str(Path(tempfile.gettempdir()) / f"gtpe-test-data-{os.getuid()}")
+)
+
+# Tests are run on 2 cores; keep torch from oversubscribing next to numpy/scipy pools.
+torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
