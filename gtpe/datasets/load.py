@@ -1,0 +1,223 @@
+"""``load_dataset``, ``describe`` and ``datasets_table``: the public entry points of gtpe.datasets."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from . import cache as _cache
+from .base import SPLITS, GraphDataset
+from .errors import DatasetError
+from .info import dataset_info, list_datasets
+from .mirror import MIRROR_ENV, mirror_paths, mirror_root
+
+DATA_ROOT_ENV = 'GTPE_DATA_ROOT'
+_SMILES_DATASETS = ('ogbg-molhiv', 'peptides-func')
+
+log = logging.getLogger('gtpe.datasets')
+
+__all__ = ['DATA_ROOT_ENV', 'data_root', 'datasets_table', 'describe', 'load_dataset']
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """``root``, else ``$GTPE_DATA_ROOT``, else ``./datasets`` (as an absolute path)."""
+    if root is None:
+        root = os.environ.get(DATA_ROOT_ENV, '').strip() or 'datasets'
+    return Path(root).expanduser().absolute()
+
+
+def _gtpe_version() -> str:
+    import gtpe
+    return getattr(gtpe, '__version__', '0')
+
+
+def _source_key(name: str) -> tuple[str, dict | None, dict]:
+    """(kind, mirror files or None, cache key) for the current environment."""
+    key: dict[str, Any] = {'format': _cache.FORMAT_VERSION, 'gtpe': _gtpe_version(),
+                           'dataset': name}
+    mirror = mirror_root()
+    if mirror is not None:
+        verify = os.environ.get('GTPE_MIRROR_VERIFY', '1').strip() != '0'
+        files = mirror_paths(name, mirror, verify=verify)
+        key['source'] = 'mirror'
+        key['files'] = {rel: digest for rel, (_, digest) in sorted(files.items())}
+        if name in _SMILES_DATASETS:  # features are computed by RDKit: its version matters
+            import rdkit
+            key['rdkit'] = rdkit.__version__
+        return 'mirror', {rel: path for rel, (path, _) in files.items()}, key
+    import torch_geometric
+    key['source'] = 'official'
+    key['torch_geometric'] = torch_geometric.__version__
+    if name == 'ogbg-molhiv':
+        import ogb
+        key['ogb'] = ogb.__version__
+    return 'official', None, key
+
+
+def _build(name: str, kind: str, files: dict | None, folder: Path, progress: bool,
+           resume_dir: Path | None = None) -> dict:
+    from . import molhiv, peptides, planetoid, zinc
+    if kind == 'mirror':
+        if name == 'zinc':
+            return zinc.build_mirror(files, progress)
+        if name == 'ogbg-molhiv':
+            return molhiv.build_mirror(files, progress, resume_dir)
+        if name == 'peptides-func':
+            return peptides.build_mirror(files, progress, resume_dir)
+        return planetoid.build_mirror(name, files, folder / 'mirror', progress)
+    official = folder / 'official'
+    if name == 'zinc':
+        return zinc.build_official(official, progress)
+    if name == 'ogbg-molhiv':
+        return molhiv.build_official(official, progress)
+    if name == 'peptides-func':
+        return peptides.build_official(official, progress)
+    return planetoid.build_official(name, official, progress)
+
+
+def _stats(splits: dict) -> dict:
+    out: dict[str, Any] = {'splits': {}, 'num_nodes': 0, 'num_edges': 0}
+    for split, st in splits.items():
+        slices = st['slices']
+        out['splits'][split] = int(slices['x'].numel() - 1)
+        out['num_nodes'] += int(slices['x'][-1])
+        out['num_edges'] += int(slices['edge_index'][-1])
+    out['num_graphs'] = sum(out['splits'].values())
+    return out
+
+
+def _load_base(name: str, root: Path, progress: bool = True) -> tuple[dict, str]:
+    """The processed splits of ``name`` (from the cache, or built and cached) and a status."""
+    folder = root / name
+    kind, files, key = _source_key(name)
+    obj, reason = _cache.load_cached(folder / 'processed', key)
+    if obj is not None:
+        return obj, 'hit'
+    if reason != 'missing':
+        log.warning('gtpe: rebuilding the %s cache in %s (%s)', name, folder / 'processed', reason)
+    # finished RDKit chunks of an interrupted build are kept here (keyed by the source) and reused
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    resume_dir = folder / 'processed' / f'partial-{digest}'
+    start = time.perf_counter()
+    built = _build(name, kind, files, folder, progress, resume_dir)
+    seconds = time.perf_counter() - start
+    obj = {'splits': {s: {'data': _cache.compact(st['data']),
+                          'slices': _cache.compact(st['slices'])}
+                      for s, st in built['splits'].items()},
+           'meta': built.get('meta', {})}
+    info = {'stats': _stats(built['splits']), 'build_seconds': round(seconds, 3),
+            'source_paths': {rel: str(p) for rel, p in (files or {}).items()}}
+    _cache.save_cached(folder / 'processed', key, obj, info)
+    for stale in (folder / 'processed').glob('partial-*'):
+        shutil.rmtree(stale, ignore_errors=True)
+    return obj, f'built ({reason})'
+
+
+def _apply_pre_transform(name: str, level: str, datasets: dict, pre_transform, root: Path,
+                         status: str) -> dict:
+    from gtpe.transforms.precompute import precompute
+
+    keys = ('graph',) if level == 'node' else SPLITS
+    parts = [datasets['train']] if level == 'node' else [datasets[s] for s in SPLITS]
+    graphs = [ds.get(i) for ds in parts for i in range(len(ds))]
+    out = precompute(graphs, pre_transform, cache_dir=str(root / name / 'pe'), progress=True)
+    result, start = {}, 0
+    for key, ds in zip(keys, parts):
+        result[key] = GraphDataset.from_list(out[start:start + len(ds)], name, ds.split,
+                                             cache_status=status)
+        start += len(ds)
+    if level == 'node':
+        return {s: result['graph'] for s in SPLITS}
+    return result
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None,
+                 pre_transform: Callable | Sequence[Callable] | None = None,
+                 transform: Callable | None = None) -> dict[str, GraphDataset]:
+    """Load ``name`` as ``{'train', 'val', 'test'}`` PyG datasets.
+
+    Sources: the offline mirror in ``$GTPE_MIRROR`` when set (files checked against their sha256),
+    else the official loaders (PyG ``ZINC``/``LRGBDataset``/``Planetoid``, OGB). The processed
+    result is cached under ``<root>/<name>/processed`` (``root``: argument, ``$GTPE_DATA_ROOT`` or
+    ``./datasets``) and rebuilt when stale or corrupt. Node-level datasets return the same one-graph
+    dataset (with ``train_mask``/``val_mask``/``test_mask``) under all three keys.
+
+    ``pre_transform`` (a transform, a list of them or a ``Compose``) runs once over all graphs via
+    ``gtpe.precompute(..., cache_dir=<root>/<name>/pe)``; ``transform`` runs on every access.
+    """
+    info = dataset_info(name)
+    root = data_root(root)
+    obj, status = _load_base(info.name, root)
+    built = {s: GraphDataset.from_storage({'data': _cache.expand(st['data']),
+                                           'slices': _cache.expand(st['slices'])},
+                                          info.name, s if s in SPLITS else 'all',
+                                          cache_status=status)
+             for s, st in obj['splits'].items()}
+    if info.level == 'node':
+        datasets = {s: built['graph'] for s in SPLITS}
+    else:
+        datasets = {s: built[s] for s in SPLITS}
+    if isinstance(pre_transform, (list, tuple)) and len(pre_transform) == 0:
+        pre_transform = None
+    if pre_transform is not None:
+        datasets = _apply_pre_transform(info.name, info.level, datasets, pre_transform, root,
+                                        status)
+    for ds in {id(d): d for d in datasets.values()}.values():
+        ds.transform = transform
+    return datasets
+
+
+def describe(name: str, root: str | os.PathLike | None = None) -> dict:
+    """JSON-able facts about ``name`` without loading it: registry values, the data folder, the
+    source in use and, when a processed cache exists, the counts it holds."""
+    info = dataset_info(name)
+    root = data_root(root)
+    out = info.to_dict()
+    try:
+        mirror = mirror_root()
+        mirror_note = None
+    except DatasetError as e:
+        mirror, mirror_note = None, str(e)
+    out['source_kind'] = 'mirror' if mirror is not None else 'official'
+    out['mirror'] = str(mirror / info.mirror_dir) if mirror is not None else None
+    if mirror_note:
+        out['mirror_error'] = mirror_note
+    out['data_dir'] = str(root / info.name)
+    manifest = _cache.read_manifest(root / info.name / 'processed')
+    data_file = root / info.name / 'processed' / _cache.DATA_FILE
+    cached = bool(manifest) and data_file.is_file() and \
+        data_file.stat().st_size == manifest.get('data_size')
+    out['cached'] = cached
+    if cached:
+        out['cache'] = {'stats': manifest.get('stats'), 'build_seconds': manifest.get('build_seconds'),
+                        'created': manifest.get('created'),
+                        'source': (manifest.get('key') or {}).get('source')}
+    return out
+
+
+def datasets_table(root: str | os.PathLike | None = None) -> str:
+    """An aligned text table of all datasets (for ``gtpe datasets``)."""
+    header = ('name', 'level', 'graphs', 'task', 'metric', 'splits (train/val/test)', 'source',
+              'cached')
+    rows = [header]
+    for name in list_datasets():
+        d = describe(name, root)
+        sp = d['splits']
+        rows.append((d['name'], d['level'], f"{d['num_graphs']:,}", d['task'], d['metric'],
+                     '/'.join(f'{sp[s]:,}' for s in SPLITS)
+                     + (' nodes' if d['level'] == 'node' else ''),
+                     d['source_kind'], 'yes' if d['cached'] else 'no'))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+    lines = ['  '.join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, '  '.join('-' * w for w in widths))
+    src = os.environ.get(MIRROR_ENV, '').strip()
+    lines.append('')
+    lines.append(f'data root: {data_root(root)}; source: '
+                 + (f'mirror {MIRROR_ENV}={src}' if src else 'official downloads'))
+    return '\n'.join(lines)
