@@ -1,0 +1,14 @@
+"""Global attention modules for GPS-style graph transformers (all operate on PyG mini-batches).
+
+* :class:`FullAttention`        exact softmax attention within each graph (Vaswani et al. 2017)
+* :class:`LinearAttention`      Performer FAVOR+ (Choromanski et al. 2021), O(N) per graph
+* :class:`ExphormerAttention`   local + expander + virtual-node sparse attention (Shirzad+ 2023)
+* :class:`GRITAttention`        GRIT pair attention with degree injection (Ma et al. 2023)
+"""
+
+from gtpe.nn.attention.exphormer import ExphormerAttention
+from gtpe.nn.attention.full import FullAttention
+from gtpe.nn.attention.grit import GRITAttention
+from gtpe.nn.attention.linear import LinearAttention
+
+__all__ = ["ExphormerAttention", "FullAttention", "GRITAttention", "LinearAttention"]

@@ -1,0 +1,230 @@
+r"""GRIT attention over node pairs with pair features and degree injection.
+
+Ma et al., "Graph Inductive Biases in Transformers without Message Passing" (ICML 2023).  For
+every pair :math:`j \to i` of ``pair_index`` (``pair_index[0]`` = :math:`j`, ``[1]`` =
+:math:`i`) with features :math:`e_{ij}` (e.g. RRWP encodings), per head:
+
+.. math::
+    \hat e_{ij} &= \sigma\big(\rho\big((W_Q x_i + W_K x_j) \odot W_{Ew} e_{ij}\big)
+                   + W_{Eb} e_{ij}\big),\qquad \rho(s) = \operatorname{sign}(s)\sqrt{|s|},\\
+    \alpha_{ij} &= \operatorname{softmax}_{j}\big(\operatorname{clamp}(w_A^\top \hat e_{ij},
+                   \pm c)\big),\\
+    \hat x_i &= \sum_j \alpha_{ij}\,\big(W_V x_j + W_{Ev} \hat e_{ij}\big),\\
+    x'_i &= W_O\big(\hat x_i \odot \theta_1 + \log(1 + d_i)\, \hat x_i \odot \theta_2\big),
+    \qquad e'_{ij} = W_{Oe}\, \hat e_{ij},
+
+with :math:`\sigma` = ReLU and :math:`c` = ``clamp`` (5, as in the official code; ``None``
+disables it).  :math:`W_O, W_{Oe}` are the output projections ``out_proj`` / ``pair_out_proj``
+of the official GRIT layer (``O_h``, ``O_e``).  The degree :math:`d_i` is ``deg`` if given
+(GRIT uses the node degree of the input graph, e.g. ``torch_geometric.utils.degree(
+edge_index[1], N)``); otherwise the number of input pairs with target :math:`i` (counted before
+``full_pairs`` completion).
+
+With ``full_pairs=True`` the pair set is completed to all ordered pairs (self pairs included)
+within each graph; missing pairs get zero features, duplicate input pairs are summed.  The
+completed ``pair_index`` is sorted by target, then source, and returned with the new pair
+features so that the next layer continues from them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Linear, Parameter
+
+from gtpe.nn.ops import scatter_softmax, scatter_sum, segment_count
+
+
+class _SignedSqrt(torch.autograd.Function):
+    # y = sign(s) sqrt(|s|); dy/ds = 1 / (2 sqrt(|s|)), set to 0 at s = 0 (as the
+    # sqrt(relu(s)) - sqrt(relu(-s)) form of the official code), in fewer kernels.
+    @staticmethod
+    def forward(ctx, s):  # type: ignore[override]
+        r = torch.sqrt(torch.abs(s))
+        ctx.save_for_backward(r)
+        return torch.copysign(r, s)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (r,) = ctx.saved_tensors
+        return torch.where(r > 0, 0.5 * grad / r, torch.zeros_like(grad))
+
+
+def signed_sqrt(s: Tensor) -> Tensor:
+    r""":math:`\rho(s) = \operatorname{sign}(s)\sqrt{|s|}` (gradient :math:`1/(2\sqrt{|s|})`,
+    defined as 0 at :math:`s = 0`)."""
+    return _SignedSqrt.apply(s)
+
+
+def complete_pairs(
+    pair_index: Tensor, pair_attr: Tensor, batch: Tensor, num_graphs: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """All ordered pairs ``(j, i)`` within each graph (sorted by ``i`` then ``j``), with
+    ``pair_attr`` scattered in (missing pairs: zeros; duplicates: summed).
+
+    ``batch`` must be sorted (PyG convention).  Raises ``ValueError`` on cross-graph pairs.
+    Returns ``(pair_index [2, sum_g n_g^2], pair_attr [sum_g n_g^2, *])``.
+    """
+    N = batch.numel()
+    device = batch.device
+    counts = segment_count(batch, num_graphs if num_graphs is not None else 0)
+    start = counts.cumsum(0) - counts  # first node of each graph
+    n_i = counts.index_select(0, batch)  # [N] size of node i's graph
+    row_off = n_i.cumsum(0) - n_i  # first full pair with target i
+    P = int(n_i.sum())
+    dst = torch.repeat_interleave(torch.arange(N, device=device), n_i, output_size=P)
+    src = start.index_select(0, batch).index_select(0, dst) + (
+        torch.arange(P, device=device) - row_off.index_select(0, dst)
+    )
+    if N > 1 and bool((batch[1:] < batch[:-1]).any()):
+        raise ValueError("complete_pairs: batch must be sorted (nodes of a graph contiguous)")
+    j, i = pair_index[0], pair_index[1]
+    if j.numel() > 0 and bool((batch.index_select(0, j) != batch.index_select(0, i)).any()):
+        raise ValueError("complete_pairs: pair_index connects nodes of different graphs")
+    pos = row_off.index_select(0, i) + (j - start.index_select(0, batch.index_select(0, i)))
+    attr = pair_attr.new_zeros((P,) + tuple(pair_attr.shape[1:])).index_add(0, pos, pair_attr)
+    return torch.stack([src, dst]), attr
+
+
+class GRITAttention(torch.nn.Module):
+    r"""GRIT multi-head attention over node pairs (see the module docstring for the math).
+
+    Args:
+        channels (int): node and pair feature size :math:`C`.
+        heads (int): number of heads (must divide ``channels``).
+        dropout (float): dropout on the attention weights :math:`\alpha`.
+        full_pairs (bool): complete the pairs to all ordered pairs of each graph.
+        clamp (float, optional): clamp of the attention logits (default 5.0, official GRIT).
+        deg_scaler (bool): degree injection with :math:`\theta_1, \theta_2` (``deg_coef [C, 2]``).
+        bias (bool): biases in :math:`W_K, W_V` (the official code uses none; :math:`W_Q`,
+            :math:`W_E` and the output projections always have biases).
+
+    ``forward(x [N, C], pair_index [2, M], pair_attr [M, C], batch [N], deg=None, num_graphs=None)``
+    returns ``(x_out [N, C], pair_out [M', C], pair_index' [2, M'])`` (``M' = M`` and the same
+    ``pair_index`` unless ``full_pairs``).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        heads: int = 4,
+        dropout: float = 0.0,
+        full_pairs: bool = False,
+        clamp: float | None = 5.0,
+        deg_scaler: bool = True,
+        bias: bool = False,
+    ) -> None:
+        super().__init__()
+        if channels <= 0 or heads <= 0 or channels % heads != 0:
+            raise ValueError(
+                f"GRITAttention: channels ({channels}) must be a positive multiple "
+                f"of heads ({heads})"
+            )
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"GRITAttention: dropout must be in [0, 1), got {dropout}")
+        if clamp is not None and clamp <= 0:
+            raise ValueError(f"GRITAttention: clamp must be positive or None, got {clamp}")
+        self.channels = channels
+        self.heads = heads
+        self.head_dim = channels // heads
+        self.dropout = float(dropout)
+        self.full_pairs = full_pairs
+        self.clamp = None if clamp is None else float(clamp)
+        self.deg_scaler = deg_scaler
+        H, D = heads, self.head_dim
+        self.lin_q = Linear(channels, channels, bias=True)
+        self.lin_k = Linear(channels, channels, bias=bias)
+        self.lin_v = Linear(channels, channels, bias=bias)
+        self.lin_e = Linear(channels, 2 * channels, bias=True)  # -> [W_Ew e, W_Eb e]
+        self.attn_weight = Parameter(torch.empty(H, D))  # w_A per head
+        self.edge_value = Parameter(torch.empty(H, D, D))  # W_Ev per head
+        if deg_scaler:
+            self.deg_coef = Parameter(torch.empty(channels, 2))  # [theta_1, theta_2]
+        else:
+            self.register_parameter("deg_coef", None)
+        self.out_proj = Linear(channels, channels)
+        self.pair_out_proj = Linear(channels, channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for lin in (self.lin_q, self.lin_k, self.lin_v, self.lin_e):
+            lin.reset_parameters()  # default bias init (as the official code)
+            torch.nn.init.xavier_normal_(lin.weight)
+        D = self.head_dim
+        std = math.sqrt(2.0 / (D + 1))
+        torch.nn.init.normal_(self.attn_weight, std=std)
+        torch.nn.init.normal_(self.edge_value, std=math.sqrt(2.0 / (2 * D)))
+        if self.deg_coef is not None:
+            torch.nn.init.xavier_normal_(self.deg_coef.view(1, self.channels, 2))
+        self.out_proj.reset_parameters()
+        self.pair_out_proj.reset_parameters()
+
+    def forward(
+        self,
+        x: Tensor,
+        pair_index: Tensor,
+        pair_attr: Tensor,
+        batch: Tensor | None = None,
+        deg: Tensor | None = None,
+        num_graphs: int | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        C, H, D = self.channels, self.heads, self.head_dim
+        if x.dim() != 2 or x.size(1) != C:
+            raise ValueError(f"GRITAttention: expected x of shape [N, {C}], got {tuple(x.shape)}")
+        N = x.size(0)
+        if pair_index.dim() != 2 or pair_index.size(0) != 2:
+            raise ValueError(
+                f"GRITAttention: pair_index must be [2, M], got {tuple(pair_index.shape)}"
+            )
+        if (
+            pair_attr.dim() != 2
+            or pair_attr.size(0) != pair_index.size(1)
+            or pair_attr.size(1) != C
+        ):
+            raise ValueError(
+                f"GRITAttention: pair_attr must be [{pair_index.size(1)}, {C}], "
+                f"got {tuple(pair_attr.shape)}"
+            )
+        if batch is None:
+            batch = pair_index.new_zeros(N)
+        elif batch.shape != (N,):
+            raise ValueError(
+                f"GRITAttention: batch must have shape [{N}], got {tuple(batch.shape)}"
+            )
+        if self.deg_scaler and deg is None:
+            deg = segment_count(pair_index[1], N)
+        if self.full_pairs:
+            pair_index, pair_attr = complete_pairs(pair_index, pair_attr, batch, num_graphs)
+        src, dst = pair_index[0], pair_index[1]
+        M = src.numel()
+
+        q = self.lin_q(x).view(N, H, D)
+        k = self.lin_k(x).view(N, H, D)
+        v = self.lin_v(x).view(N, H, D)
+        e_w, e_b = self.lin_e(pair_attr).view(M, H, 2 * D).split(D, dim=-1)
+        s = (q.index_select(0, dst) + k.index_select(0, src)) * e_w
+        e_hat = torch.relu(signed_sqrt(s) + e_b)  # [M, H, D]
+        score = (e_hat * self.attn_weight).sum(-1)  # [M, H]
+        if self.clamp is not None:
+            score = score.clamp(-self.clamp, self.clamp)
+        alpha = scatter_softmax(score, dst, N).unsqueeze(-1)  # [M, H, 1]
+        if self.dropout > 0 and self.training:
+            alpha = F.dropout(alpha, p=self.dropout, training=True)
+        out = scatter_sum(v.index_select(0, src) * alpha, dst, N)  # [N, H, D]
+        row_e = scatter_sum(e_hat * alpha, dst, N)  # [N, H, D]
+        out = out + torch.einsum("nhd,hdc->nhc", row_e, self.edge_value)
+        out = out.reshape(N, C)
+        if self.deg_coef is not None:
+            log_deg = torch.log1p(deg.to(out.dtype)).view(N, 1)
+            out = out * self.deg_coef[:, 0] + log_deg * out * self.deg_coef[:, 1]
+        return self.out_proj(out), self.pair_out_proj(e_hat.reshape(M, C)), pair_index
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.channels}, heads={self.heads}, "
+            f"dropout={self.dropout}, "
+            f"full_pairs={self.full_pairs}, clamp={self.clamp}, deg_scaler={self.deg_scaler})"
+        )

@@ -1,0 +1,586 @@
+"""Attention modules: dense float64 references, equivariance, no cross-graph flow, gradients."""
+
+import math
+
+import pytest
+import torch
+
+from gtpe.nn.attention import (
+    ExphormerAttention,
+    FullAttention,
+    GRITAttention,
+    LinearAttention,
+)
+from gtpe.nn.attention.grit import complete_pairs
+from gtpe.nn.attention.linear import orthogonal_random_features
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+C, H = 8, 2
+
+
+def _batch(sizes, device="cpu", dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(sum(sizes), C, generator=g, dtype=dtype).to(device)
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(device)
+    return x, batch
+
+
+def _perm(sizes, seed=0):
+    """Node permutation that shuffles the order of the graphs and the nodes inside each graph,
+    keeping ``batch`` sorted.  Returns (perm, new_sizes): new node k is old node perm[k]."""
+    g = torch.Generator().manual_seed(seed)
+    starts = [0]
+    for n in sizes[:-1]:
+        starts.append(starts[-1] + n)
+    order = torch.randperm(len(sizes), generator=g).tolist()
+    perm = torch.cat([starts[o] + torch.randperm(sizes[o], generator=g) for o in order])
+    return perm, [sizes[o] for o in order]
+
+
+def _grad_check_all_params(module, loss):
+    loss.backward()
+    for name, p in module.named_parameters():
+        assert p.grad is not None, f"no gradient for {name}"
+        assert p.grad.abs().sum() > 0, f"zero gradient for {name}"
+
+
+# ----------------------------------------------------------------------------- FullAttention
+STRATEGIES = ["auto", "pad", "pairs", "block"]
+
+
+def _mha_pair(strategy, dtype=torch.float64, bias=True):
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(C, H, batch_first=True, bias=bias).to(dtype)
+    with torch.no_grad():  # non-zero biases so that they are tested too
+        for p in mha.parameters():
+            p.normal_()
+    fa = FullAttention(C, heads=H, bias=bias, strategy=strategy).to(dtype)
+    fa.load_state_dict(mha.state_dict())  # same parameter names and shapes
+    return mha, fa
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_full_matches_torch_mha_per_graph(device, strategy):
+    sizes = [3, 1, 7, 5, 5, 40]  # includes a single node graph and one large graph
+    mha, fa = _mha_pair(strategy)
+    mha, fa = mha.to(device), fa.to(device)
+    x, batch = _batch(sizes, device)
+    out = fa(x, batch)
+    ref = torch.cat(
+        [mha(xi[None], xi[None], xi[None], need_weights=False)[0][0] for xi in x.split(sizes)]
+    )
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # float32 path too (the default dtype of models)
+    mha32, fa32 = _mha_pair(strategy, torch.float32)
+    out32 = fa32.to(device)(x.float(), batch)
+    ref32 = torch.cat(
+        [mha32.to(device)(xi[None], xi[None], xi[None])[0][0] for xi in x.float().split(sizes)]
+    )
+    torch.testing.assert_close(out32, ref32, rtol=1e-5, atol=1e-5)
+
+
+def test_full_no_bias_and_single_graph_and_batch_none():
+    mha, fa = _mha_pair("auto", bias=False)
+    x, _ = _batch([6])
+    ref = mha(x[None], x[None], x[None])[0][0]
+    torch.testing.assert_close(fa(x, None), ref)
+    torch.testing.assert_close(fa(x, torch.zeros(6, dtype=torch.long)), ref)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_full_permutation_equivariance_and_isolation(strategy):
+    sizes = [4, 9, 2, 6, 30]
+    _, fa = _mha_pair(strategy)
+    x, batch = _batch(sizes)
+    out = fa(x, batch)
+    perm, new_sizes = _perm(sizes)
+    _, new_batch = _batch(new_sizes)
+    torch.testing.assert_close(fa(x[perm], new_batch), out[perm])
+    # perturb graph 1 only: all other graphs unchanged, graph 1 changed
+    x2 = x.clone()
+    x2[batch == 1] += torch.randn_like(x2[batch == 1])
+    out2 = fa(x2, batch)
+    torch.testing.assert_close(out2[batch != 1], out[batch != 1], rtol=0, atol=1e-12)
+    assert not torch.allclose(out2[batch == 1], out[batch == 1])
+
+
+def test_full_empty_graph_ids_and_gradients():
+    # graph id 1 has no nodes (e.g. batch built from a filtered set): must still work
+    _, fa = _mha_pair("auto")
+    x = torch.randn(5, C, dtype=torch.float64, requires_grad=True)
+    batch = torch.tensor([0, 0, 2, 2, 2])
+    out = fa(x, batch)
+    assert torch.isfinite(out).all()
+    _grad_check_all_params(fa, (out * torch.randn_like(out)).sum())
+    assert torch.isfinite(x.grad).all()
+
+
+def test_full_bucket_planner_groups_by_size():
+    from gtpe.nn.attention.full import _plan_buckets
+
+    sizes = [20] * 30 + [0, 400, 500]
+    plan = _plan_buckets(sizes, auto=True)
+    assert sorted(g for ids, _ in plan for g in ids) == [g for g, n in enumerate(sizes) if n > 0]
+    for ids, L in plan:
+        assert L == max(sizes[g] for g in ids)
+    assert len(plan) >= 2 and any(L == 20 for _, L in plan)  # small graphs not padded to 500
+    assert _plan_buckets([10, 12, 11], auto=True) == [([0, 2, 1], 12)]
+    assert _plan_buckets([10, 0, 11], auto=False) == [([0, 2], 11)]
+
+
+def test_full_dropout_train_vs_eval():
+    fa = FullAttention(C, heads=H, dropout=0.5).double()
+    x, batch = _batch([5, 6])
+    fa.eval()
+    torch.testing.assert_close(fa(x, batch), fa(x, batch))
+    fa.train()
+    torch.manual_seed(1)
+    a = fa(x, batch)
+    torch.manual_seed(2)
+    assert not torch.allclose(a, fa(x, batch))
+
+
+def test_full_errors_and_repr():
+    with pytest.raises(ValueError, match="multiple of heads"):
+        FullAttention(10, heads=3)
+    with pytest.raises(ValueError, match="strategy"):
+        FullAttention(8, strategy="nope")
+    fa = FullAttention(8, heads=2)
+    with pytest.raises(ValueError, match=r"\[N, 8\]"):
+        fa(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
+    assert repr(fa) == "FullAttention(8, heads=2, dropout=0.0, strategy='auto')"
+
+
+def test_full_compiles_aot_eager():
+    _, fa = _mha_pair("auto")
+    x, batch = _batch([3, 5])
+    compiled = torch.compile(fa, backend="aot_eager")
+    torch.testing.assert_close(compiled(x, batch), fa(x, batch))
+
+
+def _relabel(index, perm):
+    """Relabel node ids of an index tensor under a node permutation (new k = old perm[k])."""
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel())
+    return inv[index]
+
+
+def _random_pairs(sizes, p, seed, exclude=None):
+    """Random directed intra-graph pairs (no duplicates, none in ``exclude``), [2, M]."""
+    g = torch.Generator().manual_seed(seed)
+    out, start = [], 0
+    excl = set() if exclude is None else set(map(tuple, exclude.T.tolist()))
+    for n in sizes:
+        for i in range(n):
+            for j in range(n):
+                if torch.rand((), generator=g) < p and (j + start, i + start) not in excl:
+                    out.append((j + start, i + start))
+        start += n
+    return torch.tensor(out, dtype=torch.long).T.reshape(2, -1)
+
+
+# ----------------------------------------------------------------------------- LinearAttention
+
+
+def _dense_performer_reference(la, x, batch):
+    """Per graph: out = D^-1 phi(Q) phi(K)^T V with phi(u) = exp(W u - |u|^2/2)/sqrt(m)."""
+    d, Hh = la.head_dim, la.heads
+    W = la.projection_matrix.double()
+    qkv = x @ la.in_proj_weight.T + la.in_proj_bias
+    outs = []
+    for gid in range(int(batch.max()) + 1):
+        sel = batch == gid
+        q, k, v = qkv[sel].view(-1, 3, Hh, d).unbind(1)
+        q, k = q * d**-0.25, k * d**-0.25
+        heads = []
+        for h in range(Hh):
+            phq = torch.exp(q[:, h] @ W.T - (q[:, h] ** 2).sum(-1, keepdim=True) / 2) / math.sqrt(
+                W.size(0)
+            )
+            phk = torch.exp(k[:, h] @ W.T - (k[:, h] ** 2).sum(-1, keepdim=True) / 2) / math.sqrt(
+                W.size(0)
+            )
+            A = phq @ phk.T
+            heads.append((A / A.sum(1, keepdim=True)) @ v[:, h])
+        outs.append(torch.cat(heads, 1))
+    return la.out_proj(torch.cat(outs))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sizes", [[4, 1, 9, 6], [1, 1, 1, 1, 1, 40]])  # padded / segment path
+def test_linear_matches_dense_kernel_reference(device, sizes):
+    la = LinearAttention(C, heads=H, num_features=16, seed=3).double().to(device)
+    with torch.no_grad():
+        la.in_proj_bias.normal_()
+    x, batch = _batch(sizes, device)
+    out = la(x * 3, batch)  # large inputs: checks the stabilisation
+    ref = _dense_performer_reference(la, x * 3, batch)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_linear_approximates_softmax_attention():
+    la = LinearAttention(C, heads=H, num_features=4096, seed=0).double().eval()
+    fa = FullAttention(C, heads=H).double()
+    fa.load_state_dict(
+        {k: v for k, v in la.state_dict().items() if k.startswith(("in_proj", "out_proj"))}
+    )
+    x, batch = _batch([5, 1, 12], seed=1)
+    err = (la(x * 0.5, batch) - fa(x * 0.5, batch)).abs()
+    assert err.mean() < 0.02 and err.max() < 0.1
+    # few features: much worse (the test above is not trivially satisfied)
+    few = LinearAttention(C, heads=H, num_features=2, seed=0).double().eval()
+    few.load_state_dict({**la.state_dict(), "projection_matrix": few.projection_matrix})
+    assert (few(x * 0.5, batch) - fa(x * 0.5, batch)).abs().mean() > err.mean()
+
+
+def test_linear_orthogonal_features():
+    w = orthogonal_random_features(10, 4, torch.Generator().manual_seed(0), torch.float64)
+    assert w.shape == (10, 4)
+    for blk in (w[0:4], w[4:8]):
+        u = blk / blk.norm(dim=1, keepdim=True)
+        torch.testing.assert_close(u @ u.T, torch.eye(4, dtype=torch.float64))
+
+
+def test_linear_redraw_policy_and_determinism():
+    x, batch = _batch([3, 4], dtype=torch.float32)
+    la = LinearAttention(C, heads=H, redraw_interval=2, seed=7)
+    la2 = LinearAttention(C, heads=H, redraw_interval=2, seed=7)
+    w0 = la.projection_matrix.clone()
+    torch.testing.assert_close(la2.projection_matrix, w0)
+    la.eval()
+    for _ in range(5):
+        la(x, batch)
+    torch.testing.assert_close(la.projection_matrix, w0)  # fixed in eval
+    la.train()
+    la(x, batch)
+    la(x, batch)
+    torch.testing.assert_close(la.projection_matrix, w0)  # 2 forwards with the first draw
+    la(x, batch)
+    w1 = la.projection_matrix.clone()
+    assert not torch.allclose(w1, w0) and int(la.num_draws) == 2
+    la2.train()
+    for _ in range(3):
+        la2(x, batch)
+    torch.testing.assert_close(la2.projection_matrix, w1)  # same seed, same draws
+    la3 = LinearAttention(C, heads=H, redraw_interval=2, seed=7)
+    la3.load_state_dict(la.state_dict())
+    la3.eval()
+    torch.testing.assert_close(la3(x, batch), la.eval()(x, batch))
+    never = LinearAttention(C, heads=H, redraw_interval=None, seed=7).train()
+    for _ in range(3):
+        never(x, batch)
+    torch.testing.assert_close(never.projection_matrix, w0)
+
+
+def test_linear_equivariance_isolation_gradients():
+    sizes = [4, 9, 2, 6]
+    la = LinearAttention(C, heads=H, num_features=8, seed=1).double().eval()
+    with torch.no_grad():
+        la.in_proj_bias.normal_()
+        la.out_proj.bias.normal_()
+    x, batch = _batch(sizes)
+    out = la(x, batch)
+    perm, new_sizes = _perm(sizes)
+    torch.testing.assert_close(la(x[perm], _batch(new_sizes)[1]), out[perm])
+    x2 = x.clone()
+    x2[batch == 1] += 1.0
+    out2 = la(x2, batch)
+    torch.testing.assert_close(out2[batch != 1], out[batch != 1], rtol=0, atol=1e-12)
+    assert not torch.allclose(out2[batch == 1], out[batch == 1])
+    _grad_check_all_params(la, (out * torch.randn_like(out)).sum())
+    assert (
+        repr(la) == "LinearAttention(8, heads=2, num_features=8, dropout=0.0, redraw_interval=1000)"
+    )
+
+
+def test_linear_unsorted_batch():
+    la = LinearAttention(C, heads=H, num_features=8, seed=2).double().eval()
+    x, batch = _batch([3, 5, 4])
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(0))  # mixes the graphs
+    torch.testing.assert_close(la(x[perm], batch[perm]), la(x, batch)[perm])
+
+
+def test_linear_compiles_aot_eager():
+    la = LinearAttention(C, heads=H, seed=0).eval()
+    x, batch = _batch([3, 5], dtype=torch.float32)
+    torch.testing.assert_close(torch.compile(la, backend="aot_eager")(x, batch), la(x, batch))
+
+
+# ----------------------------------------------------------------------------- Exphormer
+
+
+def _exphormer_setup(sizes, seed=0, edge_dim=3, num_virtual=2):
+    torch.manual_seed(seed)
+    m = ExphormerAttention(C, heads=H, edge_dim=edge_dim, num_virtual=num_virtual).double()
+    with torch.no_grad():
+        m.in_proj_bias.normal_()
+    x, batch = _batch(sizes, seed=seed)
+    ei = _random_pairs(sizes, 0.3, seed)
+    exp = _random_pairs(sizes, 0.2, seed + 1, exclude=ei)
+    g = torch.Generator().manual_seed(seed)
+    ea = torch.randn(ei.size(1), edge_dim, generator=g, dtype=torch.float64) if edge_dim else None
+    return m, x, batch, ei, ea, exp
+
+
+def _dense_exphormer(m, x, batch, ei, ea, exp, virtual_x=None):
+    N, Cc, Hh, D, V = x.size(0), m.channels, m.heads, m.head_dim, m.num_virtual
+    B = int(batch.max()) + 1
+    if V == 0:
+        vx = x.new_zeros(0, Cc)
+    else:
+        vx = m.virtual_emb.repeat(B, 1) if virtual_x is None else virtual_x
+    h = torch.cat([x, vx])
+    M = h.size(0)
+    q, k, v = (h @ m.in_proj_weight.T + m.in_proj_bias).view(M, 3, Hh, D).unbind(1)
+    E = h.new_zeros(M, M, Cc)  # E[i, j] for edge j -> i
+    mask = torch.zeros(M, M, dtype=torch.bool)
+    E[ei[1], ei[0]] = m.edge_proj(ea) if ea is not None else m.type_emb[0]
+    mask[ei[1], ei[0]] = True
+    E[exp[1], exp[0]] = m.type_emb[1]
+    mask[exp[1], exp[0]] = True
+    for i in range(N):
+        for t in range(V):
+            vn = N + int(batch[i]) * V + t
+            E[vn, i] = E[i, vn] = m.type_emb[2]
+            mask[vn, i] = mask[i, vn] = True
+    E = E.view(M, M, Hh, D)
+    s = torch.einsum("ihd,jhd,ijhd->hij", q, k, E) / math.sqrt(D)
+    s = s.masked_fill(~mask, float("-inf"))
+    a = torch.softmax(s, -1).nan_to_num(0.0)  # rows without edges -> 0
+    out = torch.einsum("hij,jhd->ihd", a, v).reshape(M, Cc)
+    out = m.out_proj(out)
+    return out[:N], out[N:]
+
+
+@pytest.mark.parametrize("edge_dim", [None, 3])
+@pytest.mark.parametrize("num_virtual", [0, 2])
+def test_exphormer_matches_dense_masked_reference(edge_dim, num_virtual):
+    sizes = [5, 1, 7]
+    m, x, batch, ei, ea, exp = _exphormer_setup(sizes, edge_dim=edge_dim, num_virtual=num_virtual)
+    out, vout = m(x, ei, batch, edge_attr=ea, expander_index=exp)
+    ref, vref = _dense_exphormer(m, x, batch, ei, ea, exp)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    assert vout.shape == (len(sizes) * num_virtual, C)
+    torch.testing.assert_close(vout, vref, rtol=1e-10, atol=1e-10)
+    if num_virtual:
+        # the next layer continues from the returned virtual states
+        out2, vout2 = m(out, ei, batch, edge_attr=ea, expander_index=exp, virtual_x=vout)
+        ref2, vref2 = _dense_exphormer(m, out, batch, ei, ea, exp, virtual_x=vout)
+        torch.testing.assert_close(out2, ref2, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(vout2, vref2, rtol=1e-10, atol=1e-10)
+
+
+def test_exphormer_equivariance_isolation_gradients():
+    sizes = [4, 6, 3]
+    m, x, batch, ei, ea, exp = _exphormer_setup(sizes, seed=1)
+    out, vout = m(x, ei, batch, edge_attr=ea, expander_index=exp)
+    perm, new_sizes = _perm(sizes, seed=2)
+    _, new_batch = _batch(new_sizes)
+    gperm = torch.unique_consecutive(batch[perm])  # new graph k = old graph gperm[k]
+    pout, pvout = m(
+        x[perm], _relabel(ei, perm), new_batch, edge_attr=ea, expander_index=_relabel(exp, perm)
+    )
+    torch.testing.assert_close(pout, out[perm])
+    torch.testing.assert_close(pvout.view(-1, 2, C), vout.view(-1, 2, C)[gperm])
+    x2 = x.clone()
+    x2[batch == 1] += 1.0
+    out2, vout2 = m(x2, ei, batch, edge_attr=ea, expander_index=exp)
+    torch.testing.assert_close(out2[batch != 1], out[batch != 1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(vout2[[0, 1, 4, 5]], vout[[0, 1, 4, 5]], rtol=0, atol=1e-12)
+    assert not torch.allclose(out2[batch == 1], out[batch == 1])
+    _grad_check_all_params(m, (out * torch.randn_like(out)).sum() + vout.sum())
+
+
+def test_exphormer_errors_and_repr():
+    m = ExphormerAttention(C, heads=H, edge_dim=3)
+    x = torch.randn(3, C)
+    ei = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match="edge_attr is required"):
+        m(x, ei, None)
+    with pytest.raises(ValueError, match="virtual_x must be"):
+        m(x, ei, None, edge_attr=torch.randn(2, 3), virtual_x=torch.randn(1, 5))
+    with pytest.raises(ValueError, match="edge_dim=None"):
+        ExphormerAttention(C, heads=H)(x, ei, None, edge_attr=torch.randn(2, 3))
+    assert repr(m) == "ExphormerAttention(8, heads=2, dropout=0.0, edge_dim=3, num_virtual=1)"
+
+
+def test_exphormer_compiles_aot_eager():
+    m, x, batch, ei, ea, exp = _exphormer_setup([3, 4], seed=3)
+    compiled = torch.compile(m, backend="aot_eager")
+    a = compiled(x, ei, batch, edge_attr=ea, expander_index=exp, num_graphs=2)
+    b = m(x, ei, batch, edge_attr=ea, expander_index=exp, num_graphs=2)
+    torch.testing.assert_close(a, b)
+
+
+# ----------------------------------------------------------------------------- GRIT
+
+
+def _grit_setup(sizes, seed=0, full_pairs=False, clamp=5.0):
+    torch.manual_seed(seed)
+    m = GRITAttention(C, heads=H, full_pairs=full_pairs, clamp=clamp, bias=True).double()
+    with torch.no_grad():
+        for lin in (m.lin_q, m.lin_k, m.lin_v, m.lin_e):
+            lin.bias.normal_()
+    x, batch = _batch(sizes, seed=seed)
+    pi = _random_pairs(sizes, 0.4, seed)
+    g = torch.Generator().manual_seed(seed)
+    pa = torch.randn(pi.size(1), C, generator=g, dtype=torch.float64)
+    return m, x, batch, pi, pa
+
+
+def _dense_grit(m, x, batch, pi, pa, deg, full):
+    """Per graph, dense [n, n] tensors (target i, source j) of the GRIT equations."""
+    Hh, D = m.heads, m.head_dim
+    outs, pair_out = [], {}
+    start = 0
+    for gid in range(int(batch.max()) + 1):
+        n = int((batch == gid).sum())
+        xs = x[start : start + n]
+        mask = torch.zeros(n, n, dtype=torch.bool)
+        e = x.new_zeros(n, n, m.channels)
+        for t in range(pi.size(1)):
+            j, i = int(pi[0, t]) - start, int(pi[1, t]) - start
+            if 0 <= i < n:
+                mask[i, j] = True
+                e[i, j] = pa[t]
+        if full:
+            mask[:] = True
+        q = m.lin_q(xs).view(n, 1, Hh, D)
+        k = m.lin_k(xs).view(1, n, Hh, D)
+        v = m.lin_v(xs).view(n, Hh, D)
+        ew, eb = m.lin_e(e).view(n, n, Hh, 2 * D).split(D, -1)
+        s = (q + k) * ew
+        ehat = torch.relu(torch.sign(s) * torch.sqrt(s.abs()) + eb)  # [i, j, H, D]
+        score = (ehat * m.attn_weight).sum(-1)
+        if m.clamp is not None:
+            score = score.clamp(-m.clamp, m.clamp)
+        score = score.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        a = torch.softmax(score, dim=1).nan_to_num(0.0)  # over sources j
+        xo = torch.einsum("ijh,jhd->ihd", a, v) + torch.einsum(
+            "ijh,ijhd,hdc->ihc", a, ehat, m.edge_value
+        )
+        xo = xo.reshape(n, m.channels)
+        ld = torch.log1p(deg[start : start + n].double()).view(n, 1)
+        xo = xo * m.deg_coef[:, 0] + ld * xo * m.deg_coef[:, 1]
+        outs.append(m.out_proj(xo))
+        eo = m.pair_out_proj(ehat.reshape(n, n, m.channels))
+        for i in range(n):
+            for j in range(n):
+                if mask[i, j]:
+                    pair_out[(j + start, i + start)] = eo[i, j]
+        start += n
+    return torch.cat(outs), pair_out
+
+
+@pytest.mark.parametrize("full_pairs", [False, True])
+@pytest.mark.parametrize("clamp", [5.0, None])
+def test_grit_matches_dense_reference(full_pairs, clamp):
+    sizes = [4, 1, 5]
+    m, x, batch, pi, pa = _grit_setup(sizes, full_pairs=full_pairs, clamp=clamp)
+    out, pout, new_pi = m(x, pi, pa, batch)
+    deg = torch.bincount(pi[1], minlength=x.size(0))  # documented default degree
+    ref, ref_pairs = _dense_grit(m, x, batch, pi, pa, deg, full_pairs)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    assert new_pi.size(1) == len(ref_pairs) == pout.size(0)
+    if not full_pairs:
+        assert torch.equal(new_pi, pi)
+    for t, (j, i) in enumerate(new_pi.T.tolist()):
+        torch.testing.assert_close(pout[t], ref_pairs[(j, i)], rtol=1e-10, atol=1e-10)
+    # explicit degree (e.g. the graph degree, as in GRIT)
+    deg2 = torch.arange(x.size(0)) % 3
+    out2, _, _ = m(x, pi, pa, batch, deg=deg2)
+    torch.testing.assert_close(
+        out2, _dense_grit(m, x, batch, pi, pa, deg2, full_pairs)[0], rtol=1e-10, atol=1e-10
+    )
+
+
+def test_complete_pairs_matches_loop():
+    sizes = [3, 1, 4]
+    _, _, batch, pi, pa = _grit_setup(sizes)
+    pi = torch.cat([pi, pi[:, :1]], 1)  # a duplicate pair: summed
+    pa = torch.cat([pa, pa[:1]], 0)
+    idx, attr = complete_pairs(pi, pa, batch)
+    expect, start = [], 0
+    for n in sizes:
+        expect += [(j, i) for i in range(start, start + n) for j in range(start, start + n)]
+        start += n
+    assert idx.T.tolist() == [list(p) for p in expect]
+    for t, (j, i) in enumerate(expect):
+        sel = (pi[0] == j) & (pi[1] == i)
+        torch.testing.assert_close(attr[t], pa[sel].sum(0))
+    with pytest.raises(ValueError, match="different graphs"):
+        complete_pairs(torch.tensor([[0], [5]]), pa[:1], batch)
+
+
+@pytest.mark.parametrize("full_pairs", [False, True])
+def test_grit_equivariance_isolation_gradients(full_pairs):
+    sizes = [4, 5, 3]
+    m, x, batch, pi, pa = _grit_setup(sizes, seed=1, full_pairs=full_pairs)
+    out, pout, new_pi = m(x, pi, pa, batch)
+    perm, new_sizes = _perm(sizes, seed=3)
+    pout_p, pout_pp, new_pi_p = m(x[perm], _relabel(pi, perm), pa, _batch(new_sizes)[1])
+    torch.testing.assert_close(pout_p, out[perm])
+    # pair outputs: match by (old) pair identity
+    old = {tuple(p): pout[t] for t, p in enumerate(new_pi.T.tolist())}
+    for t, (j, i) in enumerate(new_pi_p.T.tolist()):
+        torch.testing.assert_close(pout_pp[t], old[(int(perm[j]), int(perm[i]))])
+    x2 = x.clone()
+    x2[batch == 1] += 1.0
+    out2, pout2, _ = m(x2, pi, pa, batch)
+    torch.testing.assert_close(out2[batch != 1], out[batch != 1], rtol=0, atol=1e-12)
+    in1 = batch[new_pi[1]] == 1
+    torch.testing.assert_close(pout2[~in1], pout[~in1], rtol=0, atol=1e-12)
+    assert not torch.allclose(out2[batch == 1], out[batch == 1])
+    _grad_check_all_params(
+        m, (out * torch.randn_like(out)).sum() + (pout * torch.randn_like(pout)).sum()
+    )
+
+
+def test_grit_errors_and_repr():
+    m = GRITAttention(C, heads=H)
+    x = torch.randn(3, C)
+    with pytest.raises(ValueError, match="pair_attr must be"):
+        m(x, torch.tensor([[0], [1]]), torch.randn(1, 3), None)
+    assert (
+        repr(m)
+        == "GRITAttention(8, heads=2, dropout=0.0, full_pairs=False, clamp=5.0, deg_scaler=True)"
+    )
+
+
+def test_grit_compiles_aot_eager():
+    m, x, batch, pi, pa = _grit_setup([3, 4], seed=2)
+    compiled = torch.compile(m, backend="aot_eager")
+    for a, b in zip(compiled(x, pi, pa, batch), m(x, pi, pa, batch), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_unsorted_batch_rejected_where_sortedness_is_needed():
+    x = torch.randn(3, C)
+    batch = torch.tensor([1, 0, 1])
+    with pytest.raises(ValueError, match="sorted"):
+        FullAttention(C, heads=H)(x, batch)
+    with pytest.raises(ValueError, match="sorted"):
+        complete_pairs(torch.tensor([[0], [2]]), torch.randn(1, C), batch)
+
+
+def test_linear_single_graph_path_matches_reference():
+    la = LinearAttention(C, heads=H, num_features=12, seed=5).double()
+    x, batch = _batch([11])
+    ref = _dense_performer_reference(la, x, batch)
+    torch.testing.assert_close(la.eval()(x, None), ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(la(x, batch), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_signed_sqrt_values_and_gradients():
+    from gtpe.nn.attention.grit import signed_sqrt
+
+    s = torch.tensor([-4.0, -0.25, 0.0, 0.25, 9.0], dtype=torch.float64, requires_grad=True)
+    y = signed_sqrt(s)
+    torch.testing.assert_close(y, torch.tensor([-2.0, -0.5, 0.0, 0.5, 3.0], dtype=torch.float64))
+    y.sum().backward()
+    torch.testing.assert_close(
+        s.grad, torch.tensor([0.25, 1.0, 0.0, 1.0, 1 / 6], dtype=torch.float64)
+    )
+    t = torch.tensor([-2.0, -0.3, 0.7, 1.5], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(signed_sqrt, (t,))
