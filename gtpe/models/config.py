@@ -1,0 +1,283 @@
+"""Configuration dataclasses of :class:`gtpe.models.GPSModel` (they mirror the YAML 1:1).
+
+Example (``model:`` section of an experiment YAML)::
+
+    channels: 64
+    num_layers: 4
+    local: gine          # gine | gatedgcn | none
+    attn: full           # full | linear | exphormer | grit | none
+    heads: 4
+    dropout: 0.0
+    attn_dropout: 0.0
+    norm: batch          # batch | layer | none
+    pool: mean           # mean | add
+    pe:
+      rwse: {walk_length: 20, dim: 16}
+      lap: {k: 8, dim: 16, normalization: sym, encoder: deepset}
+
+:meth:`GPSModelConfig.from_dict` builds a config from such a mapping (unknown keys are
+errors); :meth:`GPSModelConfig.to_dict` is the inverse.  Values are validated on construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = [
+    "ConfigError",
+    "ExpanderConfig",
+    "GPSModelConfig",
+    "LapPEConfig",
+    "MagLapPEConfig",
+    "PEConfig",
+    "RRWPConfig",
+    "RWSEConfig",
+]
+
+LOCALS = ("gine", "gatedgcn", None)
+ATTNS = ("full", "linear", "exphormer", "grit", None)
+NORMS = ("batch", "layer", None)
+POOLS = ("mean", "add")
+
+
+class ConfigError(ValueError):
+    """An invalid model configuration value or key."""
+
+
+T = TypeVar("T")
+
+
+def _none(v: Any) -> Any:
+    return None if isinstance(v, str) and v.strip().lower() in ("none", "null", "") else v
+
+
+def _pos_int(owner: str, name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"{owner}.{name} must be a positive integer, got {v!r}")
+
+
+def _from_dict(cls: type[T], d: Any, where: str) -> T:
+    if isinstance(d, cls):
+        return d
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__} ({d!r})")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    return cls(**dict(d))
+
+
+@dataclass
+class RWSEConfig:
+    """Random-walk structural encoding: ``AddRWSE(walk_length)`` + ``RWSEEncoder(walk_length, dim)``."""
+
+    walk_length: int = 20
+    dim: int = 16
+
+    def __post_init__(self) -> None:
+        _pos_int("RWSEConfig", "walk_length", self.walk_length)
+        _pos_int("RWSEConfig", "dim", self.dim)
+
+
+@dataclass
+class LapPEConfig:
+    """Laplacian PE: ``AddLapPE(k, normalization)`` + ``LapPEEncoder(k, dim, encoder)``."""
+
+    k: int = 8
+    dim: int = 16
+    normalization: str | None = "sym"
+    encoder: str = "deepset"
+
+    def __post_init__(self) -> None:
+        _pos_int("LapPEConfig", "k", self.k)
+        _pos_int("LapPEConfig", "dim", self.dim)
+        self.normalization = _none(self.normalization)
+        if self.normalization not in ("sym", None):
+            raise ConfigError(
+                f"LapPEConfig.normalization must be 'sym' or None, got {self.normalization!r}"
+            )
+        if self.encoder not in ("deepset", "transformer"):
+            raise ConfigError(
+                f"LapPEConfig.encoder must be 'deepset' or 'transformer', got {self.encoder!r}"
+            )
+
+
+@dataclass
+class MagLapPEConfig:
+    """Magnetic Laplacian PE: ``AddMagLapPE(k, q)`` + ``MagLapPEEncoder(k, dim)``."""
+
+    k: int = 8
+    q: float = 0.25
+    dim: int = 16
+
+    def __post_init__(self) -> None:
+        _pos_int("MagLapPEConfig", "k", self.k)
+        _pos_int("MagLapPEConfig", "dim", self.dim)
+        if isinstance(self.q, bool) or not isinstance(self.q, (int, float)) or self.q < 0:
+            raise ConfigError(f"MagLapPEConfig.q must be a non-negative number, got {self.q!r}")
+
+
+@dataclass
+class RRWPConfig:
+    """GRIT's RRWP: ``AddRRWP(walk_length)`` + ``RRWPEncoder(walk_length, channels)`` (added)."""
+
+    walk_length: int = 21
+
+    def __post_init__(self) -> None:
+        _pos_int("RRWPConfig", "walk_length", self.walk_length)
+
+
+@dataclass
+class ExpanderConfig:
+    """Exphormer's expander overlay: ``AddExpanderEdges(degree)`` (used with ``attn='exphormer'``
+    only; ignored otherwise)."""
+
+    degree: int = 3
+
+    def __post_init__(self) -> None:
+        _pos_int("ExpanderConfig", "degree", self.degree)
+
+
+_PE_TYPES = {
+    "rwse": RWSEConfig,
+    "lap": LapPEConfig,
+    "maglap": MagLapPEConfig,
+    "rrwp": RRWPConfig,
+    "expander": ExpanderConfig,
+}
+
+
+@dataclass
+class PEConfig:
+    """Which positional/structural encodings to compute and encode (each optional)."""
+
+    rwse: RWSEConfig | None = None
+    lap: LapPEConfig | None = None
+    maglap: MagLapPEConfig | None = None
+    rrwp: RRWPConfig | None = None
+    expander: ExpanderConfig | None = None
+
+    def __post_init__(self) -> None:
+        for name, cls in _PE_TYPES.items():
+            v = _none(getattr(self, name))
+            if v is True:  # `rwse: true` in YAML = defaults
+                v = cls()
+            if v is not None and not isinstance(v, cls):
+                v = _from_dict(cls, v, f"PEConfig.{name}")
+            setattr(self, name, v)
+
+    @property
+    def concat_dim(self) -> int:
+        """Total size of the PEs concatenated to the node embedding (RWSE, LapPE, MagLapPE)."""
+        return sum(c.dim for c in (self.rwse, self.lap, self.maglap) if c is not None)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> PEConfig:
+        if d is None:
+            return cls()
+        return _from_dict(cls, d, "PEConfig")
+
+
+@dataclass
+class GPSModelConfig:
+    """Architecture of :class:`gtpe.models.GPSModel` (see the module docstring)."""
+
+    channels: int = 64
+    num_layers: int = 4
+    local: str | None = "gine"
+    attn: str | None = "full"
+    heads: int = 4
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    norm: str | None = "batch"
+    pool: str = "mean"
+    pe: PEConfig = field(default_factory=PEConfig)
+
+    def __post_init__(self) -> None:
+        _pos_int("GPSModelConfig", "channels", self.channels)
+        _pos_int("GPSModelConfig", "num_layers", self.num_layers)
+        _pos_int("GPSModelConfig", "heads", self.heads)
+        self.local, self.attn, self.norm = _none(self.local), _none(self.attn), _none(self.norm)
+        if self.local not in LOCALS:
+            raise ConfigError(f"GPSModelConfig.local must be one of {LOCALS}, got {self.local!r}")
+        if self.attn not in ATTNS:
+            raise ConfigError(f"GPSModelConfig.attn must be one of {ATTNS}, got {self.attn!r}")
+        if self.local is None and self.attn is None:
+            raise ConfigError("GPSModelConfig: local and attn cannot both be None")
+        if self.norm not in NORMS:
+            raise ConfigError(f"GPSModelConfig.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.pool not in POOLS:
+            raise ConfigError(f"GPSModelConfig.pool must be one of {POOLS}, got {self.pool!r}")
+        for name in ("dropout", "attn_dropout"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise ConfigError(f"GPSModelConfig.{name} must be in [0, 1), got {v!r}")
+        if self.attn is not None and self.channels % self.heads != 0:
+            raise ConfigError(
+                f"GPSModelConfig: channels ({self.channels}) must be divisible by "
+                f"heads ({self.heads})"
+            )
+        if not isinstance(self.pe, PEConfig):
+            self.pe = PEConfig.from_dict(_none(self.pe))
+        if self.pe.concat_dim >= self.channels:
+            raise ConfigError(
+                f"GPSModelConfig: the concatenated PE dims (rwse + lap + maglap = "
+                f"{self.pe.concat_dim}) must be smaller than channels ({self.channels}): the node "
+                f"embedding gets channels - pe dims features"
+            )
+
+    # -- transforms --------------------------------------------------------------------------
+    def transforms(self) -> list[Any]:
+        """The :mod:`gtpe.transforms` instances whose outputs the model reads, in a fixed order:
+        RWSE, LapPE, MagLapPE, RRWP (also for ``attn='grit'`` without ``pe.rrwp``), expander
+        edges (for ``attn='exphormer'``, with ``pe.expander`` or the default degree)."""
+        from gtpe import transforms as T
+
+        pe = self.pe
+        out: list[Any] = []
+        if pe.rwse is not None:
+            out.append(T.AddRWSE(walk_length=pe.rwse.walk_length))
+        if pe.lap is not None:
+            out.append(T.AddLapPE(k=pe.lap.k, normalization=pe.lap.normalization))
+        if pe.maglap is not None:
+            out.append(T.AddMagLapPE(k=pe.maglap.k, q=pe.maglap.q))
+        rrwp = self.rrwp_config
+        if rrwp is not None:
+            out.append(T.AddRRWP(walk_length=rrwp.walk_length))
+        exp = self.expander_config
+        if exp is not None:
+            out.append(T.AddExpanderEdges(degree=exp.degree))
+        return out
+
+    @property
+    def rrwp_config(self) -> RRWPConfig | None:
+        """The RRWP the model uses: ``pe.rrwp``, or the default for ``attn='grit'``."""
+        if self.pe.rrwp is not None:
+            return self.pe.rrwp
+        return RRWPConfig() if self.attn == "grit" else None
+
+    @property
+    def expander_config(self) -> ExpanderConfig | None:
+        """The expander overlay the model uses (only with ``attn='exphormer'``)."""
+        if self.attn != "exphormer":
+            return None
+        return self.pe.expander if self.pe.expander is not None else ExpanderConfig()
+
+    # -- dict round trip -----------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> GPSModelConfig:
+        """Build from a YAML-like mapping; unknown keys (at any level) raise :class:`ConfigError`."""
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"GPSModelConfig: expected a mapping, got {type(d).__name__}")
+        d = dict(d)
+        if "pe" in d:
+            d["pe"] = PEConfig.from_dict(_none(d["pe"]))
+        return _from_dict(cls, d, "GPSModelConfig")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (``from_dict(to_dict())`` round-trips)."""
+        return dataclasses.asdict(self)

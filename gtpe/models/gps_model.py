@@ -1,0 +1,287 @@
+"""GPS graph transformer model assembled from :class:`gtpe.nn.GPSLayer` (GraphGPS recipe)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn import Linear, ModuleList, ReLU, Sequential
+
+from gtpe.models.config import ConfigError, GPSModelConfig
+from gtpe.nn.encoders import (
+    EmbeddingEncoder,
+    LapPEEncoder,
+    LinearEncoder,
+    MagLapPEEncoder,
+    OGBAtomEncoder,
+    OGBBondEncoder,
+    RRWPEncoder,
+    RWSEEncoder,
+)
+from gtpe.nn.gps import GPSLayer
+from gtpe.nn.ops import scatter_mean, scatter_sum
+
+__all__ = ["EDGE_INPUTS", "NODE_INPUTS", "GPSModel"]
+
+NODE_INPUTS = ("embedding", "ogb_atom", "linear")
+EDGE_INPUTS = ("embedding", "ogb_bond", "linear", None)
+
+
+def _feature_encoder(
+    kind: str | None, in_dim: int, out_dim: int, what: str
+) -> torch.nn.Module | None:
+    if kind is None:
+        return None
+    if kind == "embedding":
+        if in_dim < 1:
+            raise ConfigError(
+                f"GPSModel: {what}_input='embedding' needs {what}_in_dim = vocabulary "
+                f"size >= 1, got {in_dim}"
+            )
+        return EmbeddingEncoder(in_dim, out_dim)
+    if kind == "linear":
+        if in_dim < 1:
+            raise ConfigError(
+                f"GPSModel: {what}_input='linear' needs {what}_in_dim >= 1, got {in_dim}"
+            )
+        return LinearEncoder(in_dim, out_dim)
+    if kind == "ogb_atom" and what == "node":
+        return OGBAtomEncoder(out_dim)
+    if kind == "ogb_bond" and what == "edge":
+        return OGBBondEncoder(out_dim)
+    allowed = NODE_INPUTS if what == "node" else EDGE_INPUTS
+    raise ConfigError(f"GPSModel: unknown {what}_input {kind!r}; expected one of {allowed}")
+
+
+def _heads_for(dim: int) -> int:
+    return next(h for h in (4, 2, 1) if (2 * dim) % h == 0)
+
+
+def _need(data: Any, name: str, hint: str) -> Tensor:
+    value = getattr(data, name, None)
+    if value is None:
+        raise ValueError(
+            f"GPSModel: the batch has no '{name}'; add {hint} to the dataset "
+            f"transforms (GPSModelConfig.transforms() lists them)"
+        )
+    return value
+
+
+class GPSModel(torch.nn.Module):
+    r"""GPS graph transformer (Rampášek et al., 2022, `"Recipe for a General, Powerful,
+    Scalable Graph Transformer" <https://arxiv.org/abs/2205.12454>`_):
+
+    .. math::
+        \mathbf{x}^{(0)}_i &= \big[\,\mathrm{Enc}(\mathbf{x}_i) \,\Vert\, \mathrm{RWSE}_i
+            \,\Vert\, \mathrm{LapPE}_i \,\Vert\, \mathrm{MagLapPE}_i\,\big]
+            \;(+\ \mathbf{W}_n\mathbf{P}_{ii}\ \text{with RRWP}) \\
+        \mathbf{x}^{(\ell+1)} &= \mathrm{GPSLayer}_\ell(\mathbf{x}^{(\ell)}, \mathbf{e}, \ldots),
+            \quad \ell = 0..L-1 \\
+        \mathbf{y} &= \mathrm{MLP}\big(\mathrm{pool}(\mathbf{x}^{(L)})\big)\ \text{(graph level)}
+            \quad\text{or}\quad \mathrm{MLP}(\mathbf{x}^{(L)}_i)\ \text{(node level)}
+
+    The node input encoder has ``channels - sum(pe dims)`` outputs and the PE encoders'
+    outputs are concatenated (GraphGPS), so ``x^{(0)}`` has ``channels`` features; the RRWP node
+    term (GRIT) is added.  Edge features are encoded to ``channels``.  The head is
+    ``Linear(C, C) - ReLU - Linear(C, out_dim)``; pooling is ``config.pool`` (mean/add).
+
+    Args:
+        config: :class:`~gtpe.models.config.GPSModelConfig`.
+        out_dim: output size (number of tasks / classes).
+        node_input: ``'embedding'`` (``x`` long ``[N]``/``[N,1]``, ``node_in_dim`` = vocabulary),
+            ``'ogb_atom'`` (``x`` long ``[N, 9]``) or ``'linear'`` (``x`` float
+            ``[N, node_in_dim]``).
+        edge_input: ``'embedding'`` (``edge_attr`` long ``[E]``/``[E,1]``, vocabulary
+            ``edge_in_dim``), ``'ogb_bond'`` (``[E, 3]``), ``'linear'`` or ``None``.
+        graph_level: graph-level (pooled) or node-level output.
+
+    ``forward(data)`` reads ``x, edge_index, edge_attr, batch`` and the PE attributes written by
+    :meth:`GPSModelConfig.transforms` (``rwse``, ``lap_pe``/``lap_eigval``,
+    ``maglap_pe``/``maglap_eigval``, ``rrwp``/``rrwp_index``/``rrwp_val``, ``expander_index``)
+    and returns ``[num_graphs, out_dim]`` or ``[N, out_dim]``.
+    """
+
+    def __init__(
+        self,
+        config: GPSModelConfig,
+        *,
+        out_dim: int,
+        node_input: str,
+        node_in_dim: int,
+        edge_input: str | None,
+        edge_in_dim: int = 0,
+        graph_level: bool = True,
+    ):
+        super().__init__()
+        if not isinstance(config, GPSModelConfig):
+            raise TypeError(
+                f"GPSModel: config must be a GPSModelConfig, got "
+                f"{type(config).__name__} (use GPSModelConfig.from_dict)"
+            )
+        if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
+            raise ConfigError(f"GPSModel: out_dim must be a positive integer, got {out_dim!r}")
+        if node_input not in NODE_INPUTS:
+            raise ConfigError(
+                f"GPSModel: unknown node_input {node_input!r}; expected one of {NODE_INPUTS}"
+            )
+        self.config = config
+        self.out_dim = out_dim
+        self.node_input, self.node_in_dim = node_input, node_in_dim
+        self.edge_input, self.edge_in_dim = edge_input, edge_in_dim
+        self.graph_level = graph_level
+        C, pe = config.channels, config.pe
+
+        self.node_encoder = _feature_encoder(node_input, node_in_dim, C - pe.concat_dim, "node")
+        # Edge features are read by GINE/GatedGCN, Exphormer and (merged into the pairs) GRIT.
+        uses_edges = config.local is not None or config.attn in ("exphormer", "grit")
+        self.edge_encoder = (
+            _feature_encoder(edge_input, edge_in_dim, C, "edge") if uses_edges else None
+        )
+        self.rwse_encoder = (
+            RWSEEncoder(pe.rwse.walk_length, pe.rwse.dim) if pe.rwse is not None else None
+        )
+        self.lap_encoder = (
+            LapPEEncoder(pe.lap.k, pe.lap.dim, encoder=pe.lap.encoder, heads=_heads_for(pe.lap.dim))
+            if pe.lap is not None
+            else None
+        )
+        self.maglap_encoder = (
+            MagLapPEEncoder(pe.maglap.k, pe.maglap.dim) if pe.maglap is not None else None
+        )
+        rrwp = config.rrwp_config
+        self.rrwp_encoder = (
+            RRWPEncoder(rrwp.walk_length, C, pairs=config.attn == "grit")
+            if rrwp is not None
+            else None
+        )
+
+        L = config.num_layers
+        self.layers = ModuleList(
+            [
+                GPSLayer(
+                    C,
+                    local=config.local,
+                    attn=config.attn,
+                    heads=config.heads,
+                    dropout=config.dropout,
+                    attn_dropout=config.attn_dropout,
+                    norm=config.norm,
+                    # the last GatedGCN's edge output is never read: skip it
+                    local_kwargs=(
+                        {"update_edges": False}
+                        if config.local == "gatedgcn" and i == L - 1
+                        else None
+                    ),
+                    attn_kwargs=(
+                        {"edge_dim": C if self.edge_encoder is not None else None}
+                        if config.attn == "exphormer"
+                        else None
+                    ),
+                )
+                for i in range(L)
+            ]
+        )
+        self.head = Sequential(Linear(C, C), ReLU(), Linear(C, out_dim))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in (
+            self.node_encoder,
+            self.edge_encoder,
+            self.rwse_encoder,
+            self.lap_encoder,
+            self.maglap_encoder,
+            self.rrwp_encoder,
+        ):
+            if m is not None:
+                m.reset_parameters()
+        for layer in self.layers:
+            layer.reset_parameters()
+        self.head[0].reset_parameters()
+        self.head[2].reset_parameters()
+
+    def encode(self, data: Any) -> dict[str, Any]:
+        """Input and PE encoders: returns the keyword arguments of the first GPS layer
+        (``x, edge_index, batch, edge_attr`` and the extras)."""
+        x_in = _need(data, "x", "node features")
+        edge_index = data.edge_index
+        batch = getattr(data, "batch", None)
+        if batch is None:
+            batch = edge_index.new_zeros(x_in.size(0))
+        num_graphs = int(getattr(data, "num_graphs", 1) or 1)
+
+        parts = [self.node_encoder(x_in)]
+        if self.rwse_encoder is not None:
+            parts.append(self.rwse_encoder(_need(data, "rwse", "gtpe.transforms.AddRWSE")))
+        if self.lap_encoder is not None:
+            parts.append(
+                self.lap_encoder(
+                    _need(data, "lap_pe", "gtpe.transforms.AddLapPE"),
+                    _need(data, "lap_eigval", "gtpe.transforms.AddLapPE"),
+                    batch,
+                    num_graphs,
+                )
+            )
+        if self.maglap_encoder is not None:
+            parts.append(
+                self.maglap_encoder(
+                    _need(data, "maglap_pe", "gtpe.transforms.AddMagLapPE"),
+                    _need(data, "maglap_eigval", "gtpe.transforms.AddMagLapPE"),
+                    batch,
+                    num_graphs,
+                )
+            )
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+        edge_attr = None
+        if self.edge_encoder is not None:
+            edge_attr = self.edge_encoder(_need(data, "edge_attr", "edge features"))
+
+        extra: dict[str, Any] = {}
+        if self.rrwp_encoder is not None:
+            rrwp = _need(data, "rrwp", "gtpe.transforms.AddRRWP")
+            if self.rrwp_encoder.pair_lin is not None:
+                h, pair_index, pair_attr = self.rrwp_encoder(
+                    rrwp,
+                    _need(data, "rrwp_index", "gtpe.transforms.AddRRWP"),
+                    _need(data, "rrwp_val", "gtpe.transforms.AddRRWP"),
+                    edge_index,
+                    edge_attr,
+                )
+                extra["pair_index"], extra["pair_attr"] = pair_index, pair_attr
+            else:
+                h = self.rrwp_encoder.encode_nodes(rrwp)
+            x = x + h
+        if self.config.attn == "exphormer":
+            extra["expander_index"] = _need(
+                data, "expander_index", "gtpe.transforms.AddExpanderEdges"
+            )
+        return dict(
+            x=x,
+            edge_index=edge_index,
+            batch=batch,
+            edge_attr=edge_attr,
+            num_graphs=num_graphs,
+            **extra,
+        )
+
+    def forward(self, data: Any) -> Tensor:
+        kw = self.encode(data)
+        x, batch, num_graphs = kw.pop("x"), kw.pop("batch"), kw.pop("num_graphs")
+        edge_index, edge_attr = kw.pop("edge_index"), kw.pop("edge_attr")
+        state: dict[str, Tensor] = {}
+        for layer in self.layers:
+            x = layer(x, edge_index, batch, edge_attr, state=state, num_graphs=num_graphs, **kw)
+        if self.graph_level:
+            pool = scatter_mean if self.config.pool == "mean" else scatter_sum
+            x = pool(x, batch, num_graphs)
+        return self.head(x)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"{self.__class__.__name__}(channels={c.channels}, num_layers={c.num_layers}, "
+            f"local={c.local!r}, attn={c.attn!r}, out_dim={self.out_dim}, "
+            f"graph_level={self.graph_level})"
+        )

@@ -1,0 +1,40 @@
+"""Neural-network modules: GPS layer, local message passing, global attention, encoders.
+
+* :class:`GPSLayer` (``gps.py``) -- local MPNN + global attention + MLP (GraphGPS);
+* :class:`GINE`, :class:`GatedGCN` (``local.py``) -- lean local message passing;
+* :class:`FullAttention`, :class:`LinearAttention`, :class:`ExphormerAttention`,
+  :class:`GRITAttention` (``attention/``);
+* PE and feature encoders (``encoders/``).
+"""
+
+from gtpe.nn.attention import ExphormerAttention, FullAttention, GRITAttention, LinearAttention
+from gtpe.nn.encoders import (
+    EmbeddingEncoder,
+    LapPEEncoder,
+    LinearEncoder,
+    MagLapPEEncoder,
+    OGBAtomEncoder,
+    OGBBondEncoder,
+    RRWPEncoder,
+    RWSEEncoder,
+)
+from gtpe.nn.gps import GPSLayer
+from gtpe.nn.local import GINE, GatedGCN
+
+__all__ = [
+    "GINE",
+    "EmbeddingEncoder",
+    "ExphormerAttention",
+    "FullAttention",
+    "GPSLayer",
+    "GRITAttention",
+    "GatedGCN",
+    "LapPEEncoder",
+    "LinearAttention",
+    "LinearEncoder",
+    "MagLapPEEncoder",
+    "OGBAtomEncoder",
+    "OGBBondEncoder",
+    "RRWPEncoder",
+    "RWSEEncoder",
+]

@@ -1,0 +1,465 @@
+r"""The GPS layer: local message passing + global attention + MLP.
+
+Rampášek et al., `"Recipe for a General, Powerful, Scalable Graph Transformer"
+<https://arxiv.org/abs/2205.12454>`_ (NeurIPS 2022).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Dropout, Linear, ReLU, Sequential
+
+from gtpe.nn.local import GINE, GatedGCN
+
+__all__ = ["ATTN_TYPES", "LOCAL_TYPES", "NORM_TYPES", "GPSLayer"]
+
+LOCAL_TYPES = ("gine", "gatedgcn")
+ATTN_TYPES = ("full", "linear", "exphormer", "grit")
+NORM_TYPES = ("batch", "layer")
+
+
+def _none(v: Any) -> Any:
+    return None if isinstance(v, str) and v.lower() == "none" else v
+
+
+def _make_norm(norm: str | None, channels: int) -> torch.nn.Module | None:
+    if norm is None:
+        return None
+    if norm in ("batch", "batch_norm"):
+        return torch.nn.BatchNorm1d(channels)
+    if norm in ("layer", "layer_norm"):
+        return torch.nn.LayerNorm(channels)
+    raise ValueError(f"GPSLayer: unknown norm {norm!r}; expected one of {NORM_TYPES} or None")
+
+
+def _make_attn(
+    attn: str, channels: int, heads: int, attn_dropout: float, kwargs: dict[str, Any]
+) -> torch.nn.Module:
+    # Imported lazily: the attention modules live in gtpe.nn.attention (one file each).
+    if attn == "full":
+        from gtpe.nn.attention.full import FullAttention
+
+        return FullAttention(channels, heads=heads, dropout=attn_dropout, **kwargs)
+    if attn == "linear":
+        from gtpe.nn.attention.linear import LinearAttention
+
+        return LinearAttention(channels, heads=heads, dropout=attn_dropout, **kwargs)
+    if attn == "exphormer":
+        from gtpe.nn.attention.exphormer import ExphormerAttention
+
+        return ExphormerAttention(channels, heads=heads, dropout=attn_dropout, **kwargs)
+    if attn == "grit":
+        from gtpe.nn.attention.grit import GRITAttention
+
+        return GRITAttention(channels, heads=heads, dropout=attn_dropout, **kwargs)
+    raise ValueError(
+        f"GPSLayer: unknown attn {attn!r}; expected one of {ATTN_TYPES}, a torch.nn.Module or None"
+    )
+
+
+def _attn_kind(attn: torch.nn.Module) -> str:
+    name = type(attn).__name__
+    if name in ("FullAttention", "LinearAttention"):
+        return "dense"  # forward(x, batch)
+    if name == "ExphormerAttention":
+        return "exphormer"
+    if name == "GRITAttention":
+        return "grit"
+    if isinstance(attn, torch.nn.MultiheadAttention):
+        return "mha"
+    return "dense"
+
+
+class GPSLayer(torch.nn.Module):
+    r"""One GPS layer (Rampášek et al., 2022), combining a local message-passing module and a
+    global attention module in parallel:
+
+    .. math::
+        \mathbf{h}_L &= \mathrm{Norm}_1\big(\mathbf{x} + \mathrm{Dropout}(\mathrm{MPNN}(\mathbf{x},
+            \mathbf{e}, \mathbf{A}))\big) \\
+        \mathbf{h}_A &= \mathrm{Norm}_2\big(\mathbf{x} + \mathrm{Dropout}(\mathrm{Attn}(\mathbf{x}))\big) \\
+        \mathbf{x}' &= \mathrm{Norm}_3\big(\mathbf{h} + \mathrm{MLP}(\mathbf{h})\big), \qquad
+            \mathbf{h} = \mathbf{h}_L + \mathbf{h}_A,
+
+    with :math:`\mathrm{MLP} = \mathrm{Linear}(C, 2C) \to \mathrm{ReLU} \to \mathrm{Dropout} \to
+    \mathrm{Linear}(2C, C) \to \mathrm{Dropout}`.  A missing branch (``local=None`` or
+    ``attn=None``) is left out of the sum.  For ``local='gine', attn='full', norm='batch'`` this is
+    exactly PyG's :class:`torch_geometric.nn.GPSConv` with ``GINEConv`` and
+    ``attn_type='multihead'`` (same parameters: ``local`` ↔ ``conv``, ``attn`` ↔ ``attn``,
+    ``mlp``, ``norm1/2/3`` ↔ ``norm1/2/3.module``; see :meth:`from_pyg`).  Differences from
+    ``GPSConv``: ``norm='layer'`` is the node-wise :class:`torch.nn.LayerNorm` (as GraphGPS),
+    while PyG's ``'layer_norm'`` normalises over each graph; ``GatedGCN`` does its residual and
+    dropout inside (as GraphGPS), so its branch is :math:`\mathrm{Norm}_1(\mathrm{GatedGCN}(\mathbf{x}))`.
+
+    Args:
+        channels: feature size :math:`C` (node features, and edge features unless ``edge_dim``).
+        local: ``'gine'`` (:class:`~gtpe.nn.local.GINE`), ``'gatedgcn'``
+            (:class:`~gtpe.nn.local.GatedGCN`), any ``torch_geometric`` ``MessagePassing``
+            instance (called with ``edge_attr`` when its ``forward`` takes it) or ``None``.
+        attn: ``'full'`` (:class:`~gtpe.nn.attention.FullAttention`), ``'linear'``
+            (Performer), ``'exphormer'``, ``'grit'``, a module (``forward(x, batch)``, or a
+            ``torch.nn.MultiheadAttention`` with ``batch_first=True``) or ``None``.
+        heads: attention heads.
+        dropout: dropout on both branches and in the MLP.
+        attn_dropout: dropout on the attention weights.
+        norm: ``'batch'``, ``'layer'`` or ``None``.
+        edge_dim: size of ``edge_attr`` if not ``channels`` (GINE maps it with a linear layer).
+        local_kwargs, attn_kwargs: extra constructor arguments of the built-in modules.
+
+    Forward: ``x [N, C]``, ``edge_index [2, E]``, ``batch [N]`` (sorted graph ids; ``None`` = one
+    graph), ``edge_attr [E, C]`` (optional), and keyword extras
+
+    * ``expander_index [2, M]`` -- for ``attn='exphormer'`` (:class:`gtpe.transforms.AddExpanderEdges`);
+    * ``pair_index [2, M]``, ``pair_attr [M, C]`` -- for ``attn='grit'``
+      (:class:`gtpe.transforms.AddRRWP` + :class:`gtpe.nn.encoders.RRWPEncoder`);
+    * ``num_graphs`` -- number of graphs in the batch (saves a device sync; optional);
+    * ``state`` -- a dict shared by the layers of one model forward: Exphormer keeps
+      ``state['virtual_x']``, GRIT ``state['pair_index']``/``state['pair_attr']``, GatedGCN
+      ``state['edge_attr']`` (the updated edge features, used by the next layer instead of
+      ``edge_attr``), GRIT's degree injection ``state['deg']`` (in-degrees of ``edge_index``).
+
+    ``attn='exphormer'`` is built with ``edge_dim=channels`` (it uses ``edge_attr`` on the graph
+    edges); pass ``attn_kwargs={'edge_dim': None}`` for graphs without edge features.
+
+    Returns the new node features ``[N, C]``.
+
+    ``torch.compile`` works (tested with ``backend='aot_eager'``, forward and backward);
+    :class:`~gtpe.nn.attention.FullAttention` reads the graph sizes on the host to plan its
+    padding, which is one graph break per layer.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        local: str | torch.nn.Module | None = "gine",
+        attn: str | torch.nn.Module | None = "full",
+        heads: int = 4,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        norm: str | None = "batch",
+        edge_dim: int | None = None,
+        local_kwargs: dict[str, Any] | None = None,
+        attn_kwargs: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        local, attn, norm = _none(local), _none(attn), _none(norm)
+        if channels < 1:
+            raise ValueError(f"GPSLayer: channels must be positive, got {channels}")
+        if not 0.0 <= dropout < 1.0 or not 0.0 <= attn_dropout < 1.0:
+            raise ValueError(
+                f"GPSLayer: dropout ({dropout}) and attn_dropout ({attn_dropout}) must be in [0, 1)"
+            )
+        if isinstance(attn, str) and channels % heads != 0:
+            raise ValueError(
+                f"GPSLayer: channels ({channels}) must be divisible by heads ({heads})"
+            )
+        if local is None and attn is None:
+            raise ValueError("GPSLayer: local and attn cannot both be None")
+        self.channels = channels
+        self.heads = heads
+        self.dropout = float(dropout)
+        self.attn_dropout = float(attn_dropout)
+        self.norm_type = norm
+        self.edge_dim = edge_dim
+        local_kwargs = dict(local_kwargs or {})
+        attn_kwargs = dict(attn_kwargs or {})
+
+        # -- local branch --
+        self.local_type: str | None
+        if local is None:
+            self.local = None
+            self.local_type = None
+        elif isinstance(local, str):
+            if local == "gine":
+                self.local = GINE(channels, edge_dim=edge_dim, **local_kwargs)
+            elif local == "gatedgcn":
+                if edge_dim is not None and edge_dim != channels:
+                    raise ValueError(
+                        f"GPSLayer: local='gatedgcn' needs edge features of size "
+                        f"channels={channels}, got edge_dim={edge_dim}"
+                    )
+                self.local = GatedGCN(channels, dropout=dropout, **local_kwargs)
+            else:
+                raise ValueError(
+                    f"GPSLayer: unknown local {local!r}; expected one of "
+                    f"{LOCAL_TYPES}, a MessagePassing instance or None"
+                )
+            self.local_type = local
+        elif isinstance(local, torch.nn.Module):
+            self.local = local
+            self.local_type = (
+                "gine"
+                if isinstance(local, GINE)
+                else "gatedgcn"
+                if isinstance(local, GatedGCN)
+                else "custom"
+            )
+        else:
+            raise ValueError(f"GPSLayer: local must be a name, a module or None, got {local!r}")
+        self._local_takes_edge_attr = False
+        if self.local_type == "custom":
+            params = inspect.signature(self.local.forward).parameters
+            self._local_takes_edge_attr = "edge_attr" in params
+
+        # -- attention branch --
+        if attn is None:
+            self.attn = None
+            self.attn_type = None
+        elif isinstance(attn, str):
+            if attn == "exphormer":
+                attn_kwargs.setdefault("edge_dim", edge_dim if edge_dim is not None else channels)
+            self.attn = _make_attn(attn, channels, heads, attn_dropout, attn_kwargs)
+            self.attn_type = attn
+        elif isinstance(attn, torch.nn.Module):
+            if isinstance(attn, torch.nn.MultiheadAttention) and not attn.batch_first:
+                raise ValueError(
+                    "GPSLayer: a torch.nn.MultiheadAttention attn must be built "
+                    "with batch_first=True"
+                )
+            self.attn = attn
+            self.attn_type = "custom"
+        else:
+            raise ValueError(f"GPSLayer: attn must be a name, a module or None, got {attn!r}")
+        self._attn_kind = _attn_kind(self.attn) if self.attn is not None else None
+
+        # -- MLP and norms (names as in PyG's GPSConv) --
+        self.mlp = Sequential(
+            Linear(channels, 2 * channels),
+            ReLU(),
+            Dropout(dropout),
+            Linear(2 * channels, channels),
+            Dropout(dropout),
+        )
+        self.norm1 = _make_norm(norm, channels) if self.local is not None else None
+        self.norm2 = _make_norm(norm, channels) if self.attn is not None else None
+        self.norm3 = _make_norm(norm, channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.local is not None and hasattr(self.local, "reset_parameters"):
+            self.local.reset_parameters()
+        if self.attn is not None:
+            if hasattr(self.attn, "reset_parameters"):
+                self.attn.reset_parameters()
+            elif hasattr(self.attn, "_reset_parameters"):
+                self.attn._reset_parameters()
+        self.mlp[0].reset_parameters()
+        self.mlp[3].reset_parameters()
+        for n in (self.norm1, self.norm2, self.norm3):
+            if n is not None:
+                n.reset_parameters()
+
+    # ------------------------------------------------------------------------------------------
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        batch: Tensor | None = None,
+        edge_attr: Tensor | None = None,
+        *,
+        expander_index: Tensor | None = None,
+        pair_index: Tensor | None = None,
+        pair_attr: Tensor | None = None,
+        state: dict[str, Tensor] | None = None,
+        num_graphs: int | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        if state is None:
+            state = {}
+        if kwargs and self.local_type != "custom":
+            raise TypeError(
+                f"GPSLayer.forward got unexpected keyword arguments "
+                f"{sorted(kwargs)} (extras are expander_index, pair_index, "
+                f"pair_attr, num_graphs, state)"
+            )
+        if batch is None:
+            batch = x.new_zeros(x.size(0), dtype=torch.long)
+        p = self.dropout if self.training else 0.0
+        ea = state.get("edge_attr", edge_attr)
+
+        out: Tensor | None = None
+        if self.local is not None:
+            if self.local_type == "gatedgcn":
+                h, e = self.local(x, edge_index, ea)
+                if e is not None:
+                    state["edge_attr"] = e
+            else:
+                if self.local_type == "gine" or self._local_takes_edge_attr:
+                    h = self.local(x, edge_index, edge_attr=ea, **kwargs)
+                else:
+                    h = self.local(x, edge_index, **kwargs)
+                if p > 0:
+                    h = F.dropout(h, p=p, training=True)
+                h = h + x
+            if self.norm1 is not None:
+                h = self.norm1(h)
+            out = h
+
+        if self.attn is not None:
+            a = self._attention(
+                x, edge_index, batch, ea, expander_index, pair_index, pair_attr, state, num_graphs
+            )
+            if p > 0:
+                a = F.dropout(a, p=p, training=True)
+            a = a + x
+            if self.norm2 is not None:
+                a = self.norm2(a)
+            out = a if out is None else out + a
+
+        assert out is not None
+        if p > 0:
+            out = out + self.mlp(out)
+        else:  # same as self.mlp without the (identity) Dropout calls
+            out = out + self.mlp[3](self.mlp[0](out).relu())
+        if self.norm3 is not None:
+            out = self.norm3(out)
+        return out
+
+    def _attention(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        batch: Tensor,
+        edge_attr: Tensor | None,
+        expander_index: Tensor | None,
+        pair_index: Tensor | None,
+        pair_attr: Tensor | None,
+        state: dict[str, Tensor],
+        num_graphs: int | None,
+    ) -> Tensor:
+        kind = self._attn_kind
+        if kind == "dense":
+            return self.attn(x, batch)
+        if kind == "exphormer":
+            if expander_index is None:
+                raise ValueError(
+                    "GPSLayer(attn='exphormer') needs expander_index: add "
+                    "gtpe.transforms.AddExpanderEdges() to the dataset transforms and pass "
+                    "expander_index=data.expander_index"
+                )
+            if getattr(self.attn, "edge_dim", None) is None:
+                edge_attr = None  # built without edge features (attn_kwargs={'edge_dim': None})
+            elif edge_attr is None:
+                raise ValueError(
+                    "GPSLayer(attn='exphormer') was built for edge features (edge_dim="
+                    f"{self.attn.edge_dim}) but got edge_attr=None; for graphs without edge "
+                    "features build it with attn_kwargs={'edge_dim': None}"
+                )
+            a, vx = self.attn(
+                x,
+                edge_index,
+                batch,
+                edge_attr=edge_attr,
+                expander_index=expander_index,
+                virtual_x=state.get("virtual_x"),
+                num_graphs=num_graphs,
+            )
+            state["virtual_x"] = vx
+            return a
+        if kind == "grit":
+            pi = state.get("pair_index", pair_index)
+            pa = state.get("pair_attr", pair_attr)
+            if pi is None or pa is None:
+                raise ValueError(
+                    "GPSLayer(attn='grit') needs pair_index and pair_attr: add "
+                    "gtpe.transforms.AddRRWP() to the dataset transforms and encode "
+                    "data.rrwp_index/data.rrwp_val with gtpe.nn.encoders.RRWPEncoder"
+                )
+            deg = state.get("deg")
+            if deg is None:  # GRIT's degree injection uses the input graph's in-degree
+                deg = torch.zeros(x.size(0), dtype=x.dtype, device=x.device).index_add_(
+                    0, edge_index[1], torch.ones(edge_index.size(1), dtype=x.dtype, device=x.device)
+                )
+                state["deg"] = deg
+            a, pa, pi = self.attn(x, pi, pa, batch, deg=deg, num_graphs=num_graphs)
+            state["pair_index"] = pi
+            state["pair_attr"] = pa
+            return a
+        # kind == 'mha': torch.nn.MultiheadAttention over padded graphs (as PyG's GPSConv).
+        from torch_geometric.utils import to_dense_batch
+
+        hd, mask = to_dense_batch(x, batch)
+        hd, _ = self.attn(hd, hd, hd, key_padding_mask=~mask, need_weights=False)
+        return hd[mask]
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_pyg(cls, conv: torch.nn.Module) -> GPSLayer:
+        r"""Build a :class:`GPSLayer` with the weights of a PyG ``GPSConv`` (``attn_type=
+        'multihead'``, ``norm='batch_norm'`` or ``None``).  A ``GINEConv`` local module becomes a
+        :class:`~gtpe.nn.local.GINE` (same weights); any other ``conv`` is reused as is."""
+        from torch_geometric.nn import GINEConv
+
+        if not isinstance(conv.attn, torch.nn.MultiheadAttention):
+            raise TypeError("GPSLayer.from_pyg supports attn_type='multihead' only")
+        C = conv.channels
+        norm = None if conv.norm3 is None else "batch"
+        if norm is not None and not isinstance(
+            getattr(conv.norm3, "module", None), torch.nn.BatchNorm1d
+        ):
+            raise ValueError("GPSLayer.from_pyg supports norm='batch_norm' or None only")
+        g = conv.conv
+        if isinstance(g, GINEConv):
+            edge_dim = None
+            if g.lin is not None:  # torch_geometric.nn.Linear (in_channels) or torch Linear
+                edge_dim = getattr(g.lin, "in_channels", None) or g.lin.in_features
+            local: torch.nn.Module | None = GINE(
+                C,
+                nn=copy.deepcopy(g.nn),
+                eps=g.initial_eps,
+                train_eps=isinstance(g.eps, torch.nn.Parameter),
+                edge_dim=edge_dim,
+            )
+        else:
+            local = g  # reused as is (its parameters are reset below, then restored)
+            saved = copy.deepcopy(g.state_dict()) if g is not None else None
+        layer = cls(
+            C,
+            local=local,
+            attn="full",
+            heads=conv.heads,
+            dropout=conv.dropout,
+            attn_dropout=conv.attn.dropout,
+            norm=norm,
+        )
+        layer.to(next(conv.parameters()).device)
+        with torch.no_grad():
+            if isinstance(g, GINEConv):
+                layer.local.nn.load_state_dict(g.nn.state_dict())
+                layer.local.eps.copy_(g.eps)
+                if g.lin is not None:
+                    layer.local.lin.weight.copy_(g.lin.weight)
+                    if g.lin.bias is not None:
+                        layer.local.lin.bias.copy_(g.lin.bias)
+            elif g is not None:
+                layer.local.load_state_dict(saved)
+        with torch.no_grad():
+            layer.attn.in_proj_weight.copy_(conv.attn.in_proj_weight)
+            if conv.attn.in_proj_bias is not None:
+                layer.attn.in_proj_bias.copy_(conv.attn.in_proj_bias)
+            layer.attn.out_proj.load_state_dict(conv.attn.out_proj.state_dict())
+            layer.mlp.load_state_dict(conv.mlp.state_dict())
+            if norm is not None:
+                for mine, theirs in (
+                    (layer.norm1, conv.norm1),
+                    (layer.norm2, conv.norm2),
+                    (layer.norm3, conv.norm3),
+                ):
+                    if mine is not None:
+                        mine.load_state_dict(theirs.module.state_dict())
+        return layer
+
+    def __repr__(self) -> str:
+        local = self.local_type if self.local_type != "custom" else self.local
+        attn = self.attn_type if self.attn_type != "custom" else self.attn
+        return (
+            f"{self.__class__.__name__}({self.channels}, local={local!r}, attn={attn!r}, "
+            f"heads={self.heads}, dropout={self.dropout}, attn_dropout={self.attn_dropout}, "
+            f"norm={self.norm_type!r})"
+        )
