@@ -1,0 +1,35 @@
+"""Training: experiment configs, the training loop, checkpoints, torchrun support, benchmarks.
+
+>>> from gtpe.train import load_config, train
+>>> config = load_config('configs/zinc/gps+rwse.yaml', ['train.epochs=3'])
+>>> results = train(config, 'runs/demo')          # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import importlib
+
+__all__ = [
+    'ConfigError',
+    'DatasetConfig',
+    'ExperimentConfig',
+    'TrainConfig',
+    'load_config',
+    'run_bench',
+    'train',
+]
+
+_WHERE = {
+    'ConfigError': 'gtpe.train._dataclass_io',
+    'DatasetConfig': 'gtpe.train.config',
+    'TrainConfig': 'gtpe.train.config',
+    'ExperimentConfig': 'gtpe.train.config',
+    'load_config': 'gtpe.train.config',
+    'train': 'gtpe.train.loop',
+    'run_bench': 'gtpe.train.bench',
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'gtpe.train' has no attribute {name!r}")

@@ -1,0 +1,227 @@
+"""Experiment configuration: dataclasses that mirror the YAML files 1:1.
+
+An experiment YAML has three sections::
+
+    dataset: {name: zinc, root: null, limit: null}
+    model:   {channels: 64, num_layers: 4, local: gine, attn: full, pe: {rwse: {walk_length: 20}}}
+    train:   {epochs: 100, batch_size: 32, lr: 1.0e-3, scheduler: cosine, warmup_epochs: 5}
+
+``model`` is :class:`gtpe.models.config.GPSModelConfig`. Unknown keys, wrong types and missing
+required keys raise :class:`ConfigError` naming the full key path (with a close match suggested).
+Overrides ``key.path=value`` (``gtpe train --set``) are parsed as YAML scalars, so
+``--set model.pe.rwse.dim=8`` sets an int and ``--set model.pe.rwse=null`` removes the encoding.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from gtpe.models.config import GPSModelConfig
+from gtpe.train._dataclass_io import ConfigError, from_dict, set_path, to_dict
+
+__all__ = [
+    'ConfigError',
+    'DatasetConfig',
+    'ExperimentConfig',
+    'TrainConfig',
+    'apply_overrides',
+    'load_config',
+    'parse_override',
+    'read_yaml',
+]
+
+
+@dataclass
+class DatasetConfig:
+    """Which dataset to train on.
+
+    Args:
+        name: a name from ``gtpe datasets`` (e.g. ``zinc``).
+        root: data root (default: ``$GTPE_DATA_ROOT`` or ``./datasets``).
+        limit: optional cap on the number of graphs per split (first ``limit`` graphs of each
+            split; for smoke runs and tests). Ignored for node-level datasets.
+    """
+    name: str
+    root: str | None = None
+    limit: int | None = None
+
+    def __post_init__(self):
+        if not self.name:
+            raise ValueError('name must not be empty')
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f'limit must be a positive integer or null, got {self.limit}')
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings.
+
+    The learning rate follows ``scheduler``: ``'cosine'`` warms up linearly over
+    ``warmup_epochs`` (lr * (e+1)/(warmup_epochs+1) in epoch e) and then decays with a half cosine
+    from ``lr`` to ``min_lr`` over the remaining epochs (stepped once per epoch, as GraphGPS);
+    ``'none'`` keeps ``lr`` constant.
+
+    ``seed`` seeds python, numpy and torch; the training order of epoch ``e`` is drawn from its
+    own generator seeded with ``(seed, e)``. On the CPU, runs (and resumed runs) are bitwise
+    reproducible; on CUDA, scatter/index_add use atomics, so set ``deterministic: true``
+    (``torch.use_deterministic_algorithms``, warn-only; also export
+    ``CUBLAS_WORKSPACE_CONFIG=:4096:8``) for reproducible GPU runs at some speed cost.
+    ``batch_size`` is per process under ``torchrun``.
+    """
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: Literal['adamw', 'adam'] = 'adamw'
+    scheduler: Literal['cosine', 'none'] = 'cosine'
+    warmup_epochs: int = 5
+    min_lr: float = 0.0
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    device: Literal['auto', 'cpu', 'cuda'] = 'auto'
+    num_workers: int = 0
+    deterministic: bool = False
+
+    def __post_init__(self):
+        checks = [
+            (self.epochs >= 1, f'epochs must be >= 1, got {self.epochs}'),
+            (self.batch_size >= 1, f'batch_size must be >= 1, got {self.batch_size}'),
+            (self.lr > 0, f'lr must be > 0, got {self.lr}'),
+            (self.weight_decay >= 0, f'weight_decay must be >= 0, got {self.weight_decay}'),
+            (self.warmup_epochs >= 0, f'warmup_epochs must be >= 0, got {self.warmup_epochs}'),
+            (0 <= self.min_lr <= self.lr, f'min_lr must be in [0, lr], got {self.min_lr}'),
+            (self.grad_clip is None or self.grad_clip > 0,
+             f'grad_clip must be > 0 or null, got {self.grad_clip}'),
+            (self.num_workers >= 0, f'num_workers must be >= 0, got {self.num_workers}'),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: ``dataset``, ``model`` and ``train`` sections."""
+    dataset: DatasetConfig
+    model: GPSModelConfig = field(default_factory=GPSModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ExperimentConfig:
+        """Build from plain (YAML) data; raises :class:`ConfigError` on any problem."""
+        if not isinstance(data, dict):
+            raise ConfigError('config: expected a mapping with sections dataset, model, train')
+        return from_dict(cls, data)
+
+    def to_dict(self) -> dict:
+        """Plain data (YAML/JSON-able) that :meth:`from_dict` reads back to an equal config."""
+        return to_dict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Read a YAML file; missing/unreadable files and syntax errors raise :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f'{path}: no such file') from None
+    except IsADirectoryError:
+        raise ConfigError(f'{path}: is a directory, expected a YAML file') from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f'{path}: cannot read ({exc.__class__.__name__}: {exc})') from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, 'problem_mark', None)
+        where = f' (line {mark.line + 1}, column {mark.column + 1})' if mark else ''
+        problem = getattr(exc, 'problem', None) or str(exc).splitlines()[0]
+        raise ConfigError(f'{path}: invalid YAML{where}: {problem}') from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'model.pe.rwse.dim=8'`` -> ``('model.pe.rwse.dim', 8)`` (value parsed as YAML)."""
+    key, sep, raw = text.partition('=')
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f'--set {text!r}: expected key=value (e.g. model.channels=64)')
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f'--set {text!r}: value is not valid YAML') from None
+    return key, value
+
+
+def apply_overrides(data: dict, overrides: Iterable[str | tuple[str, Any]]) -> dict:
+    """Apply ``key=value`` overrides to plain config data in place (and return it)."""
+    for item in overrides:
+        key, value = parse_override(item) if isinstance(item, str) else item
+        set_path(data, key, value)
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None,
+                overrides: Iterable[str | tuple[str, Any]] = (),
+                data: dict | None = None) -> ExperimentConfig:
+    """Load an :class:`ExperimentConfig` from a YAML file (or plain ``data``) plus overrides.
+
+    Also checks that ``dataset.name`` is a known dataset.
+    """
+    if data is None:
+        data = read_yaml(path) if path is not None else {}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f'{path or "config"}: expected a mapping with sections dataset, model, '
+                          f'train, got {type(data).__name__}')
+    data = apply_overrides(_deepcopy(data), overrides)
+    config = ExperimentConfig.from_dict(data)
+    _check_dataset_name(config.dataset.name)
+    return config
+
+
+def _check_dataset_name(name: str) -> None:
+    try:
+        from gtpe.datasets import list_datasets
+        names = list(list_datasets())
+    except ImportError:  # pragma: no cover - datasets package unavailable
+        return
+    if name not in names:
+        import difflib
+        match = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        hint = f" (did you mean '{match[0]}'?)" if match else f" (known: {', '.join(names)})"
+        raise ConfigError(f"dataset.name: unknown dataset '{name}'{hint}")
+
+
+def _deepcopy(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _deepcopy(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_deepcopy(v) for v in data]
+    return data
+
+
+def config_equal_except(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[str]:
+    """Dotted key paths where the plain configs ``a`` and ``b`` differ (``ignore``d paths skipped)."""
+    ignore = set(ignore)
+    diffs: list[str] = []
+
+    def walk(x, y, path):
+        if path in ignore:
+            return
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y), key=str):
+                walk(x.get(k), y.get(k), f'{path}.{k}' if path else str(k))
+        elif x != y:
+            diffs.append(path or 'config')
+
+    walk(a, b, '')
+    return diffs
+

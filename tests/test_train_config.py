@@ -1,0 +1,153 @@
+"""Experiment configs: YAML <-> dataclasses, errors with key paths, --set overrides, shipped files."""
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gtpe.models.config import GPSModelConfig, RWSEConfig
+from gtpe.train.bench import expand_grid
+from gtpe.train.config import (
+    ConfigError,
+    DatasetConfig,
+    ExperimentConfig,
+    TrainConfig,
+    load_config,
+    parse_override,
+)
+from gtpe.train.loop import lr_factor
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (REPO / 'configs').rglob('*.yaml') if p.parent.name != 'bench')
+GRIDS = sorted((REPO / 'configs' / 'bench').glob('*.yaml'))
+
+BASE = {'dataset': {'name': 'zinc'},
+        'model': {'channels': 48, 'num_layers': 2, 'pe': {'rwse': {'walk_length': 8}}},
+        'train': {'epochs': 3}}
+
+
+def load(*overrides, data=None):
+    return load_config(data=BASE if data is None else data, overrides=list(overrides))
+
+
+def error_of(*overrides, data=None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(*overrides, data=data)
+    return str(info.value)
+
+
+def test_yaml_maps_to_dataclasses():
+    c = load()
+    assert isinstance(c, ExperimentConfig)
+    assert c.dataset == DatasetConfig(name='zinc')
+    assert isinstance(c.model, GPSModelConfig) and c.model.channels == 48
+    assert c.model.pe.rwse == RWSEConfig(walk_length=8, dim=16)
+    assert c.train == TrainConfig(epochs=3)  # everything else: defaults
+    # round trip: to_dict -> YAML -> from_dict gives an equal config
+    again = ExperimentConfig.from_dict(yaml.safe_load(c.to_yaml()))
+    assert again == c and again.to_dict() == c.to_dict()
+
+
+def test_unknown_key_names_full_path_and_suggests():
+    assert error_of('model.chanels=3') == "model.chanels: unknown key (did you mean 'channels'?)"
+    assert error_of('model.pe.rwse.walk_lenght=4') == (
+        "model.pe.rwse.walk_lenght: unknown key (did you mean 'walk_length'?)")
+    assert error_of('train.warmup=2').startswith("train.warmup: unknown key (did you mean "
+                                                  "'warmup_epochs'?)")
+    data = dict(BASE, trian={'epochs': 2})
+    assert error_of(data=data) == "trian: unknown key (did you mean 'train'?)"
+    data = dict(BASE, logging={'level': 1})
+    assert error_of(data=data) == 'logging: unknown key (known: dataset, model, train)'
+
+
+def test_wrong_types_are_errors():
+    assert error_of('train.epochs=1.5') == 'train.epochs: expected an integer, got float 1.5'
+    assert error_of('train.epochs=true').startswith('train.epochs: expected an integer')
+    assert error_of('train.lr=fast') == "train.lr: expected a number, got str 'fast'"
+    assert error_of('model.dropout=yes').startswith('model.dropout: expected a number')
+    assert error_of('train.deterministic=1').startswith('train.deterministic: expected true')
+    assert error_of('model.pe=3') == 'model.pe: expected a mapping, got int 3'
+    assert error_of('train.scheduler=cosin') == (
+        "train.scheduler: expected one of 'cosine', 'none', got str 'cosin' "
+        "(did you mean 'cosine'?)")
+    assert error_of(data={'model': {}}) == 'dataset: missing required key'
+    assert error_of(data={'dataset': {}}) == 'dataset.name: missing required key'
+    assert error_of('dataset.name=zinx') == "dataset.name: unknown dataset 'zinx' (did you mean 'zinc'?)"
+
+
+def test_value_checks_point_at_the_key():
+    assert error_of('model.pe.rwse.walk_length=0').startswith('model.pe.rwse.walk_length')
+    assert error_of('model.local=gin').startswith('model.local must be one of')
+    assert 'divisible by heads' in error_of('model.heads=5')
+    assert error_of('train.epochs=0') == 'train: epochs must be >= 1, got 0'
+    assert error_of('dataset.limit=0').startswith('dataset: limit must be a positive integer')
+
+
+def test_set_overrides_are_yaml_typed():
+    assert parse_override('model.pe.rwse.dim=8') == ('model.pe.rwse.dim', 8)
+    assert parse_override('train.lr=0.01') == ('train.lr', 0.01)
+    assert parse_override('model.attn=null') == ('model.attn', None)
+    assert parse_override('model.pe.lap={k: 4, dim: 8}') == ('model.pe.lap', {'k': 4, 'dim': 8})
+    c = load('model.pe.rwse.dim=8', 'train.lr=1e-3', 'model.attn=linear', 'dataset.limit=64')
+    assert c.model.pe.rwse.dim == 8 and c.train.lr == 1e-3 and isinstance(c.train.lr, float)
+    assert c.model.attn == 'linear' and c.dataset.limit == 64
+    # a section missing from the YAML is created; null removes an encoding
+    c = load('model.pe.lap.k=4')
+    assert c.model.pe.lap.k == 4 and c.model.pe.lap.dim == 16
+    assert load('model.pe.rwse=null').model.pe.rwse is None
+    assert load('model.pe.lap=true').model.pe.lap is not None  # `true`: defaults
+
+
+def test_bad_set_syntax():
+    assert error_of('model.channels').startswith("--set 'model.channels': expected key=value")
+    assert error_of('=3').startswith("--set '=3': expected key=value")
+    assert error_of('model..channels=3').startswith('--set model..channels=...: invalid key')
+    assert error_of('model.channels.x=1').startswith('--set model.channels.x: model.channels is')
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r'no such file'):
+        load_config(tmp_path / 'missing.yaml')
+    bad = tmp_path / 'bad.yaml'
+    bad.write_text('dataset: {name: zinc\nmodel: [\n')
+    with pytest.raises(ConfigError, match=r'bad.yaml: invalid YAML \(line \d+'):
+        load_config(bad)
+    scalar = tmp_path / 'scalar.yaml'
+    scalar.write_text('42\n')
+    with pytest.raises(ConfigError, match='expected a mapping'):
+        load_config(scalar)
+
+
+def test_lr_schedule():
+    f = [lr_factor(e, 10, 2, 'cosine') for e in range(10)]
+    assert f[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert all(a > b for a, b in itertools.pairwise(f[2:]))  # cosine decay after warmup
+    assert f[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    assert lr_factor(5, 10, 2, 'none') == 1.0
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: str(p.relative_to(REPO / 'configs')))
+def test_every_shipped_config_loads(path):
+    c = load_config(path)
+    assert c.dataset.name == path.parent.name
+    pe = path.stem.split('+')[1]
+    assert {'rwse': c.model.pe.rwse, 'lappe': c.model.pe.lap}.get(pe, 'none') is not None
+    assert len(c.model.transforms()) == (pe != 'none')
+    # the dataclasses mirror the YAML 1:1: every key of the file is a field
+    assert ExperimentConfig.from_dict(c.to_dict()) == c
+
+
+def test_shipped_configs_cover_the_issue():
+    names = {str(p.relative_to(REPO / 'configs')) for p in CONFIGS}
+    for ds in ('zinc', 'ogbg-molhiv', 'peptides-func'):
+        assert {f'{ds}/gps+rwse.yaml', f'{ds}/gps+lappe.yaml'} <= names
+    assert 'zinc/gps+none.yaml' in names
+
+
+@pytest.mark.parametrize('path', GRIDS, ids=lambda p: p.name)
+def test_every_bench_grid_loads(path):
+    axes, runs = expand_grid(path)
+    assert axes and len(runs) >= 2
+    assert len({r.name for r in runs}) == len(runs)
+    assert len({yaml.safe_dump(r.config.to_dict()) for r in runs}) == len(runs)
