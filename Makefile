@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(VENV)/bin/gtpe --threads 1 train configs/zinc/gps+rwse.yaml --set train.epochs=3 --set train.warmup_epochs=0 --out runs/demo --overwrite
+	$(VENV)/bin/gtpe train configs/zinc/gps+rwse.yaml --threads 1 --set train.epochs=3 --set train.warmup_epochs=0 --out runs/demo --overwrite
 
 test: venv
 	$(PY) -m pytest -q
