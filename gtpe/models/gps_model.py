@@ -173,17 +173,27 @@ class GPSModel(torch.nn.Module):
                         if config.local == "gatedgcn" and i == L - 1
                         else None
                     ),
-                    attn_kwargs=(
-                        {"edge_dim": C if self.edge_encoder is not None else None}
-                        if config.attn == "exphormer"
-                        else None
-                    ),
+                    attn_kwargs=self._attn_kwargs(i),
                 )
                 for i in range(L)
             ]
         )
         self.head = Sequential(Linear(C, C), ReLU(), Linear(C, out_dim))
         self.reset_parameters()
+
+    def _attn_kwargs(self, i: int) -> dict[str, Any] | None:
+        """Constructor arguments of layer ``i``'s attention: no parameters that can get no
+        gradient (Exphormer's virtual-node embedding only in the first layer, later layers
+        continue from ``state['virtual_x']``; no pair output in the last GRIT layer)."""
+        attn, last = self.config.attn, self.config.num_layers - 1
+        if attn == "exphormer":
+            return {
+                "edge_dim": self.config.channels if self.edge_encoder is not None else None,
+                "init_virtual": i == 0,
+            }
+        if attn == "grit" and i == last:
+            return {"update_pairs": False}
+        return None
 
     def reset_parameters(self) -> None:
         for m in (

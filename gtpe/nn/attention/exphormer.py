@@ -16,7 +16,8 @@ per head :math:`h` (inner product over the head's :math:`d = C/H` channels).  :m
 features) and a learned type embedding for expander and virtual edges.  The softmax is the exact,
 max-stabilised segment softmax of :mod:`gtpe.nn.ops` (the official code clamps scores to
 :math:`[-5, 5]` instead).  Virtual nodes start from a learned embedding when ``virtual_x`` is
-``None``; their updated states are returned so that the next layer continues from them.
+``None``; their updated states are returned so that the next layer continues from them (layers
+that always receive ``virtual_x`` are built with ``init_virtual=False`` and hold no embedding).
 
 Time and memory are :math:`O(|\mathcal{E}| C)`; no :math:`N \times N` tensor is formed.
 Edges are used as given (``edge_index[0]`` = source :math:`j`, ``edge_index[1]`` = target
@@ -49,6 +50,10 @@ class ExphormerAttention(torch.nn.Module):
             ``edge_proj(edge_attr)`` as :math:`E_{ij}` (and ``edge_attr`` is then required).
         num_virtual (int): virtual nodes per graph (0 disables them).
         bias (bool): learn biases in the projections.
+        init_virtual (bool): learn the initial virtual-node embedding ``virtual_emb``
+            ``[num_virtual, C]`` used when ``virtual_x`` is ``None``.  With ``False`` no
+            embedding is created and ``virtual_x`` is required (for layers after the first,
+            which continue from the previous layer's virtual-node states).
 
     ``forward(x, edge_index, batch, edge_attr=None, expander_index=None, virtual_x=None,
     num_graphs=None)`` returns ``(x_out [N, C], virtual_out [B * num_virtual, C])``; the
@@ -64,6 +69,7 @@ class ExphormerAttention(torch.nn.Module):
         edge_dim: int | None = None,
         num_virtual: int = 1,
         bias: bool = True,
+        init_virtual: bool = True,
     ) -> None:
         super().__init__()
         if channels <= 0 or heads <= 0 or channels % heads != 0:
@@ -85,6 +91,7 @@ class ExphormerAttention(torch.nn.Module):
         self.dropout = float(dropout)
         self.edge_dim = edge_dim
         self.num_virtual = num_virtual
+        self.init_virtual = bool(init_virtual)
         self.in_proj_weight = Parameter(torch.empty(3 * channels, channels))
         if bias:
             self.in_proj_bias = Parameter(torch.empty(3 * channels))
@@ -93,7 +100,7 @@ class ExphormerAttention(torch.nn.Module):
         self.edge_proj = Linear(edge_dim, channels, bias=bias) if edge_dim is not None else None
         # E for local edges without features / expander edges / virtual edges
         self.type_emb = Parameter(torch.empty(3, channels))
-        if num_virtual > 0:
+        if num_virtual > 0 and self.init_virtual:
             self.virtual_emb = Parameter(torch.empty(num_virtual, channels))
         else:
             self.register_parameter("virtual_emb", None)
@@ -158,6 +165,11 @@ class ExphormerAttention(torch.nn.Module):
                         f"ExphormerAttention: num_graphs={num_graphs} but virtual_x has {B} graphs"
                     )
             else:
+                if self.virtual_emb is None:
+                    raise ValueError(
+                        "ExphormerAttention: virtual_x is required (built with "
+                        "init_virtual=False, so there is no initial virtual-node embedding)"
+                    )
                 B = num_graphs if num_graphs is not None else (int(batch.max()) + 1 if N > 0 else 0)
                 virtual_x = self.virtual_emb.to(x.dtype).repeat(B, 1)
             h = torch.cat([x, virtual_x], 0)
@@ -204,5 +216,7 @@ class ExphormerAttention(torch.nn.Module):
         return (
             f"{self.__class__.__name__}({self.channels}, heads={self.heads}, "
             f"dropout={self.dropout}, "
-            f"edge_dim={self.edge_dim}, num_virtual={self.num_virtual})"
+            f"edge_dim={self.edge_dim}, num_virtual={self.num_virtual}"
+            + ("" if self.init_virtual else ", init_virtual=False")
+            + ")"
         )

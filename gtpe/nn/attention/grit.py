@@ -23,7 +23,9 @@ edge_index[1], N)``); otherwise the number of input pairs with target :math:`i` 
 With ``full_pairs=True`` the pair set is completed to all ordered pairs (self pairs included)
 within each graph; missing pairs get zero features, duplicate input pairs are summed.  The
 completed ``pair_index`` is sorted by target, then source, and returned with the new pair
-features so that the next layer continues from them.
+features so that the next layer continues from them.  With ``update_pairs=False`` (the last
+layer of a model, whose pair output nobody reads) :math:`W_{Oe}` is not created and the pair
+features are returned without update (the input ``pair_attr``, completed if ``full_pairs``).
 """
 
 from __future__ import annotations
@@ -101,10 +103,14 @@ class GRITAttention(torch.nn.Module):
         deg_scaler (bool): degree injection with :math:`\theta_1, \theta_2` (``deg_coef [C, 2]``).
         bias (bool): biases in :math:`W_K, W_V` (the official code uses none; :math:`W_Q`,
             :math:`W_E` and the output projections always have biases).
+        update_pairs (bool): compute the updated pair features :math:`e'_{ij}`.  With
+            ``False`` there is no ``pair_out_proj`` and ``forward`` returns the input
+            ``pair_attr`` / ``pair_index`` unchanged (after ``full_pairs`` completion).
 
     ``forward(x [N, C], pair_index [2, M], pair_attr [M, C], batch [N], deg=None, num_graphs=None)``
     returns ``(x_out [N, C], pair_out [M', C], pair_index' [2, M'])`` (``M' = M`` and the same
-    ``pair_index`` unless ``full_pairs``).
+    ``pair_index`` unless ``full_pairs``; with ``update_pairs=False``, ``pair_out`` is the
+    input ``pair_attr``, completed if ``full_pairs``).
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class GRITAttention(torch.nn.Module):
         clamp: float | None = 5.0,
         deg_scaler: bool = True,
         bias: bool = False,
+        update_pairs: bool = True,
     ) -> None:
         super().__init__()
         if channels <= 0 or heads <= 0 or channels % heads != 0:
@@ -134,6 +141,7 @@ class GRITAttention(torch.nn.Module):
         self.full_pairs = full_pairs
         self.clamp = None if clamp is None else float(clamp)
         self.deg_scaler = deg_scaler
+        self.update_pairs = bool(update_pairs)
         H, D = heads, self.head_dim
         self.lin_q = Linear(channels, channels, bias=True)
         self.lin_k = Linear(channels, channels, bias=bias)
@@ -146,7 +154,7 @@ class GRITAttention(torch.nn.Module):
         else:
             self.register_parameter("deg_coef", None)
         self.out_proj = Linear(channels, channels)
-        self.pair_out_proj = Linear(channels, channels)
+        self.pair_out_proj = Linear(channels, channels) if self.update_pairs else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -160,7 +168,8 @@ class GRITAttention(torch.nn.Module):
         if self.deg_coef is not None:
             torch.nn.init.xavier_normal_(self.deg_coef.view(1, self.channels, 2))
         self.out_proj.reset_parameters()
-        self.pair_out_proj.reset_parameters()
+        if self.pair_out_proj is not None:
+            self.pair_out_proj.reset_parameters()
 
     def forward(
         self,
@@ -220,11 +229,15 @@ class GRITAttention(torch.nn.Module):
         if self.deg_coef is not None:
             log_deg = torch.log1p(deg.to(out.dtype)).view(N, 1)
             out = out * self.deg_coef[:, 0] + log_deg * out * self.deg_coef[:, 1]
+        if self.pair_out_proj is None:  # update_pairs=False: pairs pass through
+            return self.out_proj(out), pair_attr, pair_index
         return self.out_proj(out), self.pair_out_proj(e_hat.reshape(M, C)), pair_index
 
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}({self.channels}, heads={self.heads}, "
             f"dropout={self.dropout}, "
-            f"full_pairs={self.full_pairs}, clamp={self.clamp}, deg_scaler={self.deg_scaler})"
+            f"full_pairs={self.full_pairs}, clamp={self.clamp}, deg_scaler={self.deg_scaler}"
+            + ("" if self.update_pairs else ", update_pairs=False")
+            + ")"
         )
