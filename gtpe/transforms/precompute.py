@@ -1,0 +1,375 @@
+"""Run PE transforms over a whole dataset in batches, with an optional disk cache.
+
+:func:`precompute` collates chunks of ``batch_size`` graphs into one block-diagonal
+:class:`~torch_geometric.data.Batch`, applies the batch-capable gtpe transforms to the whole
+chunk at once (they bucket the graphs by size internally), runs any other transform graph by
+graph, and splits the results back into new :class:`~torch_geometric.data.Data` objects by
+slicing the batched tensors directly (much faster than ``Batch.to_data_list``).
+
+Cache (``cache_dir``): one file ``<cache_dir>/pe-<key>.pt`` per (dataset, transforms) where
+``key = sha256(fingerprint(data_list) | repr(transforms) | gtpe.__version__)``.  The
+fingerprint hashes every graph's attribute names, dtypes, shapes and tensor bytes, so any
+change of structure or features, of a transform parameter (``__repr__`` shows all of them)
+or of the library version selects a new entry.  A file holds a header line, the sha256 of
+the payload and the payload (``torch.save`` of plain tensors, loaded with
+``weights_only=True``); it is written to a temporary file in the same folder, fsynced and
+moved into place with :func:`os.replace` (atomic: readers see the old entry or the complete
+new one, never a partial file).  An entry whose header, checksum or contents do not verify
+is ignored, recomputed and rewritten.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import os
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch_geometric.data import Batch, Data
+from torch_geometric.transforms import Compose
+
+_MAGIC = b'GTPE-PE-CACHE v1\n'
+_SKIP = ('batch', 'ptr')
+
+
+# ----------------------------------------------------------------------------- transforms
+def _flatten(transforms) -> list[Callable]:
+    if transforms is None:
+        return []
+    if isinstance(transforms, Compose):
+        out = []
+        for t in transforms.transforms:
+            out.extend(_flatten(t))
+        return out
+    if isinstance(transforms, (list, tuple)):
+        out = []
+        for t in transforms:
+            out.extend(_flatten(t))
+        return out
+    if not callable(transforms):
+        raise ValueError(f"precompute: transform {transforms!r} is not callable")
+    return [transforms]
+
+
+def _supports_batch(t) -> bool:
+    flag = getattr(t, 'supports_batch', None)
+    if flag is not None:
+        return bool(flag)
+    try:  # PE-A's transforms: batch-capable by contract
+        from gtpe.transforms.lap import AddLapPE
+        if isinstance(t, AddLapPE):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        from gtpe.transforms.maglap import AddMagLapPE
+        if isinstance(t, AddMagLapPE):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    return False
+
+
+def transforms_repr(transforms) -> str:
+    """Canonical description of the transforms (a list, a Compose or one transform)."""
+    return '[' + ', '.join(repr(t) for t in _flatten(transforms)) + ']'
+
+
+# ----------------------------------------------------------------------------- fingerprint
+def fingerprint(data_list: Sequence[Data]) -> str:
+    """sha256 over every graph's attribute names, dtypes, shapes and bytes (order-sensitive)."""
+    h = hashlib.sha256()
+    h.update(f'n={len(data_list)};'.encode())
+    keys = sorted({k for d in data_list for k in d.keys()})
+    h.update(repr(keys).encode())
+    for key in keys:
+        tensors, shapes, others = [], [], []
+        for i, d in enumerate(data_list):
+            v = d[key] if key in d else None
+            if isinstance(v, Tensor):
+                v = v.detach()
+                shapes.append((i, str(v.dtype), tuple(v.shape)))
+                tensors.append(v.reshape(-1).cpu().view(torch.uint8) if v.numel() else
+                               torch.empty(0, dtype=torch.uint8))
+            else:
+                others.append((i, repr(v)))
+        h.update(f'{key}:{shapes!r}:{others!r}'.encode())
+        if tensors:
+            h.update(torch.cat(tensors).numpy().tobytes())
+    h.update(repr([d.num_nodes for d in data_list]).encode())
+    return h.hexdigest()
+
+
+def cache_key(data_list: Sequence[Data], transforms) -> str:
+    import gtpe
+    h = hashlib.sha256()
+    h.update(fingerprint(data_list).encode())
+    h.update(b'|' + transforms_repr(transforms).encode())
+    h.update(b'|' + str(getattr(gtpe, '__version__', '?')).encode())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- splitting
+def _cat_dim(data: Data, key: str, value: Tensor) -> int | None:
+    d = data.__cat_dim__(key, value)
+    if d is not None and d < 0:
+        d = value.dim() + d
+    return d
+
+
+def split_batch(batch: Batch, originals: Sequence[Data],
+                original_values: dict[str, Any] | None = None) -> list[Data]:
+    """Split a (transformed) Batch of ``originals`` into new Data objects, slicing each tensor
+    once (``torch.split``) instead of ``Batch.to_data_list``.  Attributes whose tensor object
+    is unchanged since collation are taken from ``originals``; changed/new ones are split by
+    the Batch's ``_slice_dict``/``_inc_dict`` (node-level tensors also by ``ptr``)."""
+    G = len(originals)
+    ptr = batch.ptr.cpu() if getattr(batch, 'ptr', None) is not None else None
+    if ptr is None:
+        from gtpe.transforms._sparse import graph_ptr
+        ptr = graph_ptr(batch)
+    node_counts = (ptr[1:] - ptr[:-1]).tolist()
+    N = int(ptr[-1])
+    original_values = original_values or {}
+    per_key: dict[str, list[Any]] = {}
+    for key in batch.keys():
+        if key in _SKIP:
+            continue
+        value = batch[key]
+        if key in original_values and original_values[key] is value:
+            continue  # untouched: reuse the input's per-graph values
+        if not isinstance(value, Tensor):
+            if isinstance(value, (list, tuple)) and len(value) == G:
+                per_key[key] = list(value)
+                continue
+            raise ValueError(f"precompute: cannot split non-tensor attribute {key!r}")
+        cat_dim = _cat_dim(batch, key, value)
+        slices = batch._slice_dict.get(key)
+        dim = 0 if cat_dim is None else cat_dim
+        if slices is not None and int(slices[-1]) == value.size(dim) and slices.numel() == G + 1:
+            sizes = (slices[1:] - slices[:-1]).tolist()
+            inc = batch._inc_dict.get(key)
+            if inc is not None and isinstance(inc, Tensor) and bool((inc != 0).any()):
+                rep = torch.repeat_interleave(inc.to(value.device), slices[1:] - slices[:-1]
+                                              ).to(value.device)
+                shape = [1] * value.dim()
+                shape[dim] = -1
+                value = value - rep.view(shape).to(value.dtype)
+        elif cat_dim == 0 and value.size(0) == N:
+            sizes = node_counts
+        else:
+            raise ValueError(f"precompute: cannot split attribute {key!r} of shape "
+                             f"{tuple(value.shape)} back into graphs")
+        parts = torch.split(value, sizes, dim=dim)
+        if cat_dim is None:
+            parts = [p.squeeze(0) for p in parts]
+        per_key[key] = [p.clone() for p in parts]
+    removed = [k for k in original_values if k not in batch.keys() and k not in _SKIP]
+    out = []
+    for g, src in enumerate(originals):
+        d = copy.copy(src)
+        for k in removed:
+            if k in d:
+                del d[k]
+        store = d._store
+        for k, vals in per_key.items():
+            store[k] = vals[g]
+        out.append(d)
+    return out
+
+
+# ----------------------------------------------------------------------------- compute
+def _apply(chunk: list[Data], transforms: list[Callable]) -> list[Data]:
+    """Apply ``transforms`` to one chunk: batch-capable ones on a collated Batch."""
+    items: list[Data] = list(chunk)
+    i = 0
+    while i < len(transforms):
+        t = transforms[i]
+        if _supports_batch(t):
+            group = []
+            while i < len(transforms) and _supports_batch(transforms[i]):
+                group.append(transforms[i])
+                i += 1
+            batch = Batch.from_data_list(items)
+            before = {k: batch[k] for k in batch.keys()}
+            for tt in group:
+                batch = tt(batch)
+            items = split_batch(batch, items, before)
+        else:
+            items = [t(copy.copy(d)) for d in items]
+            i += 1
+    return items
+
+
+def _compute(data_list: list[Data], transforms: list[Callable], batch_size: int,
+             progress: bool) -> list[Data]:
+    from tqdm.auto import tqdm
+    out: list[Data] = []
+    with tqdm(total=len(data_list), desc='precompute', unit='graph',
+              disable=not progress) as bar:
+        for s in range(0, len(data_list), batch_size):
+            chunk = data_list[s:s + batch_size]
+            out.extend(_apply(chunk, transforms))
+            bar.update(len(chunk))
+    return out
+
+
+# ----------------------------------------------------------------------------- cache
+def _pack(data_list: list[Data], outputs: list[Data], key: str) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    G = len(outputs)
+    keys = sorted({k for d in outputs for k in d.keys()})
+    for k in keys:
+        vals = [d[k] if k in d else None for d in outputs]
+        if all(k in src and src[k] is v for src, v in zip(data_list, vals)):
+            attrs[k] = {'kind': 'input'}
+            continue
+        if all(isinstance(v, Tensor) for v in vals) and G > 0:
+            cat_dim = _cat_dim(outputs[0], k, vals[0])
+            if cat_dim is None:
+                shapes = {tuple(v.shape) for v in vals}
+                if len(shapes) == 1:
+                    attrs[k] = {'kind': 'stack', 'value': torch.stack([v.cpu() for v in vals])}
+                    continue
+            else:
+                rest = {tuple(v.shape[:cat_dim]) + tuple(v.shape[cat_dim + 1:]) for v in vals}
+                if len(rest) == 1 and len({v.dtype for v in vals}) == 1:
+                    attrs[k] = {'kind': 'cat', 'dim': cat_dim,
+                                'sizes': torch.tensor([v.size(cat_dim) for v in vals]),
+                                'value': torch.cat([v.cpu() for v in vals], dim=cat_dim)}
+                    continue
+            attrs[k] = {'kind': 'list', 'value': [v.cpu() for v in vals]}
+        else:
+            attrs[k] = {'kind': 'list', 'value': vals}
+    return {'key': key, 'num_graphs': G, 'attrs': attrs}
+
+
+def _unpack(payload: dict[str, Any], data_list: list[Data], key: str) -> list[Data]:
+    if payload.get('key') != key or payload.get('num_graphs') != len(data_list):
+        raise ValueError('cache entry does not match')
+    per_key: dict[str, list[Any]] = {}
+    inputs = []
+    for k, a in payload['attrs'].items():
+        kind = a['kind']
+        if kind == 'input':
+            inputs.append(k)
+        elif kind == 'cat':
+            sizes = a['sizes'].tolist()
+            if len(sizes) != len(data_list) or sum(sizes) != a['value'].size(a['dim']):
+                raise ValueError('cache entry has inconsistent sizes')
+            per_key[k] = [p.clone() for p in torch.split(a['value'], sizes, dim=a['dim'])]
+        elif kind == 'stack':
+            per_key[k] = list(a['value'].unbind(0))
+        elif kind == 'list':
+            per_key[k] = list(a['value'])
+        else:
+            raise ValueError(f'unknown cache entry kind {kind!r}')
+        if k in per_key and len(per_key[k]) != len(data_list):
+            raise ValueError('cache entry has the wrong number of graphs')
+    keep = set(inputs) | set(per_key)
+    out = []
+    for g, src in enumerate(data_list):
+        d = copy.copy(src)
+        store = d._store
+        for k in list(store.keys()):
+            if k not in keep:
+                del store[k]
+        for k, vals in per_key.items():
+            store[k] = vals[g]
+        out.append(d)
+    return out
+
+
+def _read_entry(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, 'rb') as f:
+            blob = f.read()
+    except OSError:
+        return None
+    if not blob.startswith(_MAGIC):
+        return None
+    rest = blob[len(_MAGIC):]
+    digest, sep, payload = rest.partition(b'\n')
+    if not sep or hashlib.sha256(payload).hexdigest().encode() != digest:
+        return None
+    try:
+        return torch.load(io.BytesIO(payload), map_location='cpu', weights_only=True)
+    except Exception:
+        return None
+
+
+def _write_entry(path: str, payload: dict[str, Any]) -> None:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    raw = buf.getvalue()
+    folder = os.path.dirname(path) or '.'
+    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.pt', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(_MAGIC)
+            f.write(hashlib.sha256(raw).hexdigest().encode() + b'\n')
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def cache_path(cache_dir: str, key: str) -> str:
+    return os.path.join(cache_dir, f'pe-{key[:40]}.pt')
+
+
+# ----------------------------------------------------------------------------- public API
+def precompute(data_list: Sequence[Data],
+               transforms: Callable | Sequence[Callable] | Compose | None,
+               batch_size: int = 2048, cache_dir: str | None = None,
+               progress: bool = True) -> list[Data]:
+    r"""Apply ``transforms`` to every graph of ``data_list``, many graphs at once.
+
+    Args:
+        data_list: the graphs (any sequence of :class:`Data`, e.g. a PyG dataset).  They are
+            not modified.
+        transforms: a transform, a list of transforms or a :class:`Compose`.  gtpe's PE
+            transforms run on a block-diagonal Batch of ``batch_size`` graphs; any other
+            callable runs graph by graph (on a shallow copy).
+        batch_size: graphs per collated chunk.
+        cache_dir: folder for the disk cache (created if needed); ``None`` disables it.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        ``list[Data]``: new Data objects with the inputs' attributes plus the encodings, equal
+        to ``[transforms(d) for d in data_list]``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"precompute: batch_size must be >= 1, got {batch_size}")
+    data_list = [d for d in data_list]
+    tlist = _flatten(transforms)
+    path = None
+    key = None
+    if cache_dir is not None:
+        key = cache_key(data_list, tlist)
+        path = cache_path(os.fspath(cache_dir), key)
+        if os.path.exists(path):
+            payload = _read_entry(path)
+            if payload is not None:
+                try:
+                    return _unpack(payload, data_list, key)
+                except Exception:
+                    pass
+            warnings.warn(f"precompute: cache entry {path} is unreadable or corrupt; "
+                          f"recomputing it")
+    outputs = _compute(data_list, tlist, batch_size, progress)
+    if path is not None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _write_entry(path, _pack(data_list, outputs, key))
+    return outputs

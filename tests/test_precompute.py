@@ -1,0 +1,121 @@
+import glob
+import importlib
+import os
+
+import pytest
+import torch
+from torch_geometric.data import Data
+from torch_geometric.transforms import BaseTransform, Compose
+
+from gtpe.transforms import AddExpanderEdges, AddRRWP, AddRWSE, precompute
+
+# the module (gtpe.transforms.precompute is also the name of the function)
+pc = importlib.import_module('gtpe.transforms.precompute')
+
+
+class AddDegree(BaseTransform):
+    """A plain (not batch-aware) transform: runs graph by graph inside precompute."""
+
+    def forward(self, data):
+        data.deg = torch.bincount(data.edge_index[0], minlength=data.num_nodes)
+        return data
+
+
+def make_graphs(num=23, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(num):
+        n = int(torch.randint(1, 15, (1,), generator=g))
+        m = int(torch.randint(0, 3 * n, (1,), generator=g))
+        ei = torch.randint(0, n, (2, m), generator=g)
+        out.append(Data(x=torch.randn(n, 3, generator=g), edge_index=ei,
+                        y=torch.tensor([float(i)])))
+    return out
+
+
+TRANSFORMS = [AddRWSE(5), AddDegree(), AddRRWP(4), AddExpanderEdges(2, seed=3)]
+
+
+def assert_same(a, b):
+    assert sorted(a.keys()) == sorted(b.keys())
+    for k in a.keys():
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize('batch_size', [1, 5, 100])
+def test_equals_per_graph_transforms(batch_size):
+    ds = make_graphs()
+    before = [d.clone() for d in ds]
+    out = precompute(ds, TRANSFORMS, batch_size=batch_size, progress=False)
+    ref = [Compose(TRANSFORMS)(d.clone()) for d in ds]
+    assert len(out) == len(ds)
+    for o, r in zip(out, ref):
+        assert_same(o, r)
+    for d, b in zip(ds, before):                       # inputs not mutated
+        assert_same(d, b)
+    out2 = precompute(ds, Compose(TRANSFORMS), batch_size=batch_size, progress=False)
+    for o, r in zip(out2, ref):
+        assert_same(o, r)
+
+
+def test_cache_hit_invalidation_and_corruption(tmp_path, monkeypatch):
+    ds = make_graphs(11)
+    out = precompute(ds, TRANSFORMS, cache_dir=tmp_path, progress=False)
+    files = glob.glob(str(tmp_path / 'pe-*.pt'))
+    assert len(files) == 1
+
+    def boom(*a, **k):
+        raise AssertionError('recomputed although cached')
+    monkeypatch.setattr(pc, '_compute', boom)
+    hit = precompute(ds, TRANSFORMS, cache_dir=tmp_path, progress=False)   # cache hit
+    for a, b in zip(hit, out):
+        assert_same(a, b)
+    monkeypatch.undo()
+
+    # a parameter change, a version change and a data change select new entries
+    precompute(ds, [AddRWSE(6)] + TRANSFORMS[1:], cache_dir=tmp_path, progress=False)
+    assert len(glob.glob(str(tmp_path / 'pe-*.pt'))) == 2
+    ds2 = [d.clone() for d in ds]
+    ds2[3].x[0, 0] += 1.0
+    assert pc.cache_key(ds2, TRANSFORMS) != pc.cache_key(ds, TRANSFORMS)
+    import gtpe
+    k = pc.cache_key(ds, TRANSFORMS)
+    monkeypatch.setattr(gtpe, '__version__', '999')
+    assert pc.cache_key(ds, TRANSFORMS) != k
+    monkeypatch.undo()
+
+    # corrupt entries (flipped byte, truncated, garbage) are detected and rebuilt
+    path = pc.cache_path(str(tmp_path), pc.cache_key(ds, TRANSFORMS))
+    assert path in files
+    for corrupt in ('flip', 'truncate', 'garbage'):
+        raw = open(path, 'rb').read()
+        if corrupt == 'flip':
+            raw = raw[:-100] + bytes([raw[-100] ^ 1]) + raw[-99:]
+        elif corrupt == 'truncate':
+            raw = raw[:len(raw) // 2]
+        else:
+            raw = b'not a cache file'
+        open(path, 'wb').write(raw)
+        with pytest.warns(UserWarning, match='corrupt'):
+            again = precompute(ds, TRANSFORMS, cache_dir=tmp_path, progress=False)
+        for a, b in zip(again, out):
+            assert_same(a, b)
+        assert pc._read_entry(path) is not None                  # rewritten, valid
+
+
+def test_atomic_write(tmp_path, monkeypatch):
+    ds = make_graphs(5)
+
+    def fail(*a, **k):
+        raise OSError('disk full')
+    monkeypatch.setattr(pc.os, 'fsync', fail)
+    with pytest.raises(OSError, match='disk full'):
+        precompute(ds, [AddRWSE(3)], cache_dir=tmp_path, progress=False)
+    assert os.listdir(tmp_path) == []                            # no partial or tmp file
+
+
+def test_errors():
+    with pytest.raises(ValueError):
+        precompute(make_graphs(2), [AddRWSE(3)], batch_size=0)
+    with pytest.raises(ValueError):
+        precompute(make_graphs(2), [42])
