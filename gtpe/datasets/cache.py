@@ -14,14 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from gtpe._atomic import atomic_write
 
 FORMAT_VERSION = 1
 DATA_FILE = 'data.pt'
@@ -39,27 +38,6 @@ __all__ = [
     'read_manifest',
     'save_cached',
 ]
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], binary: bool = True) -> None:
-    """Create ``path`` atomically: ``write(fileobj)`` fills a temporary file next to it, which then
-    replaces ``path`` in one ``os.replace``. On any error the temporary file is removed and
-    ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb' if binary else 'w') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:

@@ -1,18 +1,18 @@
 """Atomic checkpoints and RNG state capture for exactly-resumable training.
 
-A checkpoint is written to ``<path>.tmp-<pid>`` first, flushed to disk, then renamed over
-``path`` (:func:`os.replace` is atomic on POSIX), so a kill at any moment leaves either the old or
-the new complete file, never a truncated one.
+Checkpoints are written with :func:`gtpe._atomic.atomic_write`, so a kill at any moment leaves
+either the old or the new complete file, never a truncated one.
 """
 from __future__ import annotations
 
 import os
 import random
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from gtpe._atomic import atomic_write
 
 __all__ = [
     'atomic_write_bytes',
@@ -24,23 +24,8 @@ __all__ = [
 ]
 
 
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    _atomic(Path(path), lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -50,7 +35,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """``torch.save(state)`` atomically. ``state`` must be loadable with ``weights_only=True``
     (tensors, numbers, strings, lists/tuples/dicts of those)."""
-    _atomic(Path(path), lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = 'cpu') -> dict[str, Any]:
