@@ -45,7 +45,7 @@ def _grad_check_all_params(module, loss):
 
 
 # ----------------------------------------------------------------------------- FullAttention
-STRATEGIES = ["auto", "pad", "pairs", "block"]
+STRATEGIES = ["auto", "fused", "sdpa", "pad", "pairs", "block"]
 
 
 def _mha_pair(strategy, dtype=torch.float64, bias=True):
@@ -150,6 +150,68 @@ def test_full_errors_and_repr():
     with pytest.raises(ValueError, match=r"\[N, 8\]"):
         fa(torch.randn(3, 4), torch.zeros(3, dtype=torch.long))
     assert repr(fa) == "FullAttention(8, heads=2, dropout=0.0, strategy='auto')"
+
+
+def test_full_fused_path_gradients_and_buckets():
+    """The fused CPU path (custom backward) against autograd through the SDPA path, with several
+    size buckets, an empty graph id, and float64 gradcheck."""
+    from gtpe.nn.attention.full import _layout, _plan_buckets
+
+    sizes = [20] * 12 + [0, 90, 3, 1]  # the planner splits this into >= 2 buckets
+    assert len(_plan_buckets(sizes, auto=True)) >= 2
+    _, fused = _mha_pair("fused")
+    _, ref = _mha_pair("pad")
+    x, batch = _batch(sizes)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    o1, o2 = fused(x1, batch), ref(x2, batch)
+    torch.testing.assert_close(o1, o2)
+    w = torch.randn_like(o1)
+    (o1 * w).sum().backward()
+    (o2 * w).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad)
+    for (n, p1), p2 in zip(fused.named_parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(p1.grad, p2.grad, msg=n)
+    # gradcheck on a small multi-bucket batch (qkv -> output of the fused kernel)
+    from gtpe.nn.attention.full import _fused_plan, _FusedAttention
+
+    small = [2, 0, 5, 1, 3]
+    b = torch.repeat_interleave(torch.arange(len(small)), torch.tensor(small))
+    info = _layout(b, None)
+    info["buckets"] = [([3, 0], 2), ([4, 2], 5)]  # force two buckets
+    qkv = torch.randn(b.numel(), 3 * C, dtype=torch.float64, requires_grad=True)
+    plan = _fused_plan(info, H, qkv, auto=True)
+    assert torch.autograd.gradcheck(lambda t: _FusedAttention.apply(t, plan, C // H), (qkv,))
+
+
+def test_full_layout_cache_is_shared():
+    """With a shared ``cache`` the batch layout is computed once and reused (same result)."""
+    _, fa = _mha_pair("auto")
+    x, batch = _batch([4, 9, 2])
+    cache = {}
+    a = fa(x, batch, cache=cache)
+    info = cache["full_attention_layout"]
+    assert info["batch"] is batch and info["sizes"] == [4, 9, 2]
+    b = fa(x, batch, cache=cache)
+    assert cache["full_attention_layout"] is info
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, fa(x, batch))
+    _, batch2 = _batch([9, 4, 2])  # another batch tensor: recomputed, not reused
+    fa(x, batch2, cache=cache)
+    assert cache["full_attention_layout"]["sizes"] == [9, 4, 2]
+
+
+def test_full_fused_with_dropout_in_training():
+    # attention dropout in training uses the SDPA path (fused has no dropout); eval = fused
+    fa = FullAttention(C, heads=H, dropout=0.5, strategy="fused").double()
+    x, batch = _batch([5, 6])
+    fa.eval()
+    ref = FullAttention(C, heads=H, strategy="pad").double()
+    ref.load_state_dict(fa.state_dict())
+    torch.testing.assert_close(fa(x, batch), ref(x, batch))
+    fa.train()
+    torch.manual_seed(1)
+    out = fa(x, batch)
+    assert torch.isfinite(out).all() and not torch.allclose(out, ref(x, batch))
 
 
 def test_full_compiles_aot_eager():
@@ -584,3 +646,41 @@ def test_signed_sqrt_values_and_gradients():
     )
     t = torch.tensor([-2.0, -0.3, 0.7, 1.5], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(signed_sqrt, (t,))
+
+
+def test_exphormer_init_virtual_false_needs_virtual_x():
+    m, x, batch, ei, ea, exp = _exphormer_setup([3, 4], seed=4)
+    torch.manual_seed(4)
+    m2 = ExphormerAttention(C, heads=H, edge_dim=3, num_virtual=2, init_virtual=False).double()
+    assert m2.virtual_emb is None and "virtual_emb" not in dict(m2.named_parameters())
+    assert len(list(m2.parameters())) == len(list(m.parameters())) - 1
+    assert repr(m2).endswith("num_virtual=2, init_virtual=False)")
+    with pytest.raises(ValueError, match="virtual_x is required"):
+        m2(x, ei, batch, edge_attr=ea, expander_index=exp)
+    state = {k: v for k, v in m.state_dict().items() if k != "virtual_emb"}
+    m2.load_state_dict(state)
+    vx = torch.randn(2 * 2, C, dtype=torch.float64)
+    for a, b in zip(
+        m2(x, ei, batch, edge_attr=ea, expander_index=exp, virtual_x=vx),
+        m(x, ei, batch, edge_attr=ea, expander_index=exp, virtual_x=vx),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("full_pairs", [False, True])
+def test_grit_update_pairs_false_passes_pairs_through(full_pairs):
+    m, x, batch, pi, pa = _grit_setup([3, 4], seed=6, full_pairs=full_pairs)
+    m2 = GRITAttention(C, heads=H, full_pairs=full_pairs, bias=True, update_pairs=False).double()
+    assert m2.pair_out_proj is None
+    assert not any(n.startswith("pair_out_proj") for n, _ in m2.named_parameters())
+    assert repr(m2).endswith("deg_scaler=True, update_pairs=False)")
+    m2.load_state_dict({k: v for k, v in m.state_dict().items() if "pair_out_proj" not in k})
+    x_ref, _, pi_ref = m(x, pi, pa, batch)
+    x_out, pa_out, pi_out = m2(x, pi, pa, batch)
+    torch.testing.assert_close(x_out, x_ref, rtol=0, atol=0)
+    assert torch.equal(pi_out, pi_ref)
+    pa_exp = complete_pairs(pi, pa, batch)[1] if full_pairs else pa
+    assert torch.equal(pa_out, pa_exp)
+    x_out.square().sum().backward()
+    assert all(p.grad is not None for p in m2.parameters())

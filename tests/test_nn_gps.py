@@ -414,3 +414,26 @@ def test_gpslayer_torch_compile_aot_eager():
     torch.testing.assert_close(
         layer.local.nn[0].weight.grad, ref.local.nn[0].weight.grad, atol=1e-5, rtol=1e-4
     )
+
+
+def test_gpslayer_full_attention_layout_shared_through_state():
+    """attn='full' layers sharing ``state`` compute the batch layout once; same outputs and
+    gradients as without the shared state."""
+    torch.manual_seed(0)
+    C = 16
+    layers = torch.nn.ModuleList([GPSLayer(C, local="gine", attn="full") for _ in range(2)])
+    layers = layers.to(DEVICE).train()
+    d = random_batch([5, 8, 3, 1], C)
+
+    def run(shared):
+        state, x = {}, d["x"]
+        for layer in layers:
+            x = layer(x, d["edge_index"], d["batch"], d["edge_attr"], state=state if shared else {})
+        return x, state
+
+    (a, state), (b, _) = run(True), run(False)
+    assert state["full_attention_layout"]["batch"] is d["batch"]
+    torch.testing.assert_close(a, b)
+    ga = torch.autograd.grad(a.square().sum(), layers[0].attn.in_proj_weight)[0]
+    gb = torch.autograd.grad(b.square().sum(), layers[0].attn.in_proj_weight)[0]
+    torch.testing.assert_close(ga, gb)

@@ -131,7 +131,7 @@ class GPSLayer(torch.nn.Module):
 
     ``torch.compile`` works (tested with ``backend='aot_eager'``, forward and backward);
     :class:`~gtpe.nn.attention.FullAttention` reads the graph sizes on the host to plan its
-    padding, which is one graph break per layer.
+    padding, which is one graph break (once per ``batch`` when the layers share ``state``).
     """
 
     def __init__(
@@ -335,6 +335,8 @@ class GPSLayer(torch.nn.Module):
     ) -> Tensor:
         kind = self._attn_kind
         if kind == "dense":
+            if type(self.attn).__name__ == "FullAttention":  # batch layout shared across layers
+                return self.attn(x, batch, cache=state)
             return self.attn(x, batch)
         if kind == "exphormer":
             if expander_index is None:

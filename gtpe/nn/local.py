@@ -74,7 +74,7 @@ class GINE(torch.nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
         src, dst = edge_index[0], edge_index[1]
-        msg = x.index_select(0, src)  # x_j  [E, C]
+        msg = x.index_select(0, src)  # x_j  [E, C]  (a fresh tensor: updated in place below)
         if edge_attr is not None:
             if self.lin is not None:
                 edge_attr = self.lin(edge_attr)
@@ -83,8 +83,8 @@ class GINE(torch.nn.Module):
                     f"GINE: edge_attr has {edge_attr.size(-1)} features but x has {x.size(-1)}; "
                     f"pass edge_dim={edge_attr.size(-1)} to map edge features"
                 )
-            msg = msg + edge_attr
-        msg = msg.relu()
+            msg = msg.add_(edge_attr)
+        msg = msg.relu_()
         if self.train_eps or self.initial_eps != 0.0:
             out = torch.zeros_like(x).index_add_(0, dst, msg) + (1 + self.eps) * x
         else:  # eps = 0: accumulate straight onto x (one op fewer)

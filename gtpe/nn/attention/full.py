@@ -15,8 +15,19 @@ be copied from one (e.g. PyG's ``GPSConv.attn``) and the outputs agree per graph
 
 How the graphs are batched (``strategy``; all give the same result):
 
-* ``'auto'`` (default): size-bucketed padding.  Graphs are sorted by size and split
-  recursively into buckets where that lowers the padded cost :math:`\sum_b |b|\,L_b^2` by more
+* ``'auto'`` (default): on CPU the ``'fused'`` path below (unless its saved probabilities would
+  exceed ``2**24`` entries); on other devices, and with attention dropout in training, the
+  ``'sdpa'`` path.
+* ``'fused'``: the same size buckets, computed by one :class:`torch.autograd.Function` with a
+  hand-written backward: Q/K/V rows are gathered into a padded ``[3, R, D]`` buffer with one
+  ``index_select`` (padding rows read any real row; padded keys get a ``-inf`` additive mask),
+  each bucket is ``softmax(baddbmm(mask, Q, K^T / sqrt(d))) @ V``, and the output is un-padded
+  with one more gather.  Backward uses only gathers too (no zero-filled scatter buffers) and the
+  saved probabilities.  At molecule sizes (ZINC: 9-37 nodes, head dim 16) this is ~2x faster
+  than the SDPA CPU kernel, whose per-block overhead dominates there.  Not twice
+  differentiable; with attention dropout in training it falls back to the SDPA path.
+* ``'sdpa'`` (what ``'auto'`` uses off CPU): size-bucketed padding.  Graphs are sorted by size
+  and split recursively into buckets where that lowers the padded cost :math:`\sum_b |b|\,L_b^2` by more
   than the (estimated) cost of one extra kernel call; each bucket is padded only to its own
   largest graph and goes through one :func:`torch.nn.functional.scaled_dot_product_attention`
   call with a key-padding mask (no mask when all its graphs have the same size).  Q/K/V and the
@@ -32,7 +43,9 @@ How the graphs are batched (``strategy``; all give the same result):
 Nested (jagged) tensors were tried too: ``scaled_dot_product_attention`` on jagged tensors has
 no CPU kernel in torch 2.13 ("No viable backend"), so they are not used.  ``batch`` must be
 sorted (PyG convention); the per-call size planning needs the graph sizes on the host (one
-``.tolist()``), so under ``torch.compile`` the module runs with a graph break there.
+``.tolist()``), so under ``torch.compile`` the module runs with a graph break there.  Pass a
+``cache`` dict shared by the layers of one model forward (:class:`~gtpe.nn.GPSLayer` passes its
+``state``) and that planning, with the fused path's index tensors, is done once per batch.
 """
 
 from __future__ import annotations
@@ -42,11 +55,12 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.nn import Linear, Parameter
 
 from gtpe.nn.ops import scatter_softmax, scatter_sum
 
-_STRATEGIES = ("auto", "pad", "pairs", "block")
+_STRATEGIES = ("auto", "fused", "sdpa", "pad", "pairs", "block")
 
 
 # Estimated fixed cost of one extra attention call, in units of one (query, key) pair of work.
@@ -99,6 +113,155 @@ def _sorted_counts(batch: Tensor) -> Tensor:
     return torch.bincount(batch)
 
 
+# The fused path keeps the softmax probabilities (sum over buckets of [b*H, L, L]) for
+# backward; above this many entries the bucketed SDPA path is used instead.
+_FUSED_MAX_ENTRIES = 1 << 24
+
+
+def _layout(batch: Tensor, cache: dict | None) -> dict:
+    """Graph sizes and bucket plan of ``batch`` (one host sync), memoised in ``cache``."""
+    if cache is not None:
+        info = cache.get("full_attention_layout")
+        if info is not None and info["batch"] is batch:
+            return info
+    counts = _sorted_counts(batch)
+    sizes: list[int] = counts.tolist()
+    info = {
+        "batch": batch,
+        "counts": counts,
+        "sizes": sizes,
+        "buckets": _plan_buckets(sizes, True),
+        "plans": {},
+    }
+    if cache is not None:
+        cache["full_attention_layout"] = info
+    return info
+
+
+def _fused_pays(info: dict, qkv: Tensor, heads: int) -> bool:
+    """``'auto'``: the fused path on CPU (where per-kernel overhead dominates at molecule sizes)
+    unless the saved probabilities would be large; elsewhere the SDPA kernels."""
+    if qkv.device.type != "cpu":
+        return False
+    return sum(len(ids) * L * L for ids, L in info["buckets"]) * heads <= _FUSED_MAX_ENTRIES
+
+
+def _fused_plan(info: dict, heads: int, qkv: Tensor, auto: bool) -> _FusedPlan:
+    key = (heads, qkv.dtype, qkv.device, auto)
+    plan = info["plans"].get(key)
+    if plan is None:
+        buckets = info["buckets"] if auto else _plan_buckets(info["sizes"], False)
+        plan = _FusedPlan(info["batch"], info["sizes"], buckets, heads, qkv.dtype)
+        info["plans"][key] = plan
+    return plan
+
+
+class _FusedPlan:
+    """Index tensors of the ``'fused'`` path for one ``batch`` (shared by the layers with the same
+    ``heads``, dtype and device).  Bucket ``j`` holds ``B_j`` graphs padded to ``L_j`` nodes in
+    the rows ``[off_j, off_j + B_j H L_j)`` of a padded buffer of ``R`` rows; node ``i`` at
+    position ``t`` of the ``b``-th graph of bucket ``j`` is row ``off_j + (b H + h) L_j + t`` of
+    head ``h``.  Q, K, V are stacked as ``[3, R, D]``."""
+
+    __slots__ = ("H", "R", "buckets", "gather", "grad_out", "out", "scatter_qkv")
+
+    def __init__(
+        self, batch: Tensor, sizes: list[int], buckets: list[tuple[list[int], int]], H: int, dtype
+    ) -> None:
+        dev = batch.device
+        N = batch.numel()
+        G = len(sizes)
+        base, blen = [0] * G, [0] * G
+        start = [0] * G
+        acc = 0
+        for g, n in enumerate(sizes):
+            start[g] = acc
+            acc += n
+        self.buckets: list[tuple[int, int, int, Tensor]] = []  # (offset, B_j, L_j, bias)
+        off = 0
+        for ids, L in buckets:
+            for b, g in enumerate(ids):
+                base[g] = off + b * H * L
+                blen[g] = L
+            lens = torch.tensor([sizes[g] for g in ids], device=dev)
+            bias = torch.zeros(len(ids), 1, 1, L, dtype=dtype, device=dev)
+            bias.masked_fill_(
+                (torch.arange(L, device=dev) >= lens.unsqueeze(1)).view(-1, 1, 1, L), float("-inf")
+            )
+            bias = bias.expand(len(ids), H, 1, L).reshape(len(ids) * H, 1, L)
+            self.buckets.append((off, len(ids), L, bias))
+            off += len(ids) * H * L
+        R = off
+        gb = torch.tensor(base, device=dev).index_select(0, batch)
+        gl = torch.tensor(blen, device=dev).index_select(0, batch)
+        t = torch.arange(N, device=dev) - torch.tensor(start, device=dev).index_select(0, batch)
+        h = torch.arange(H, device=dev)
+        row = (gb + t).unsqueeze(1) + h * gl.unsqueeze(1)  # [N, H] padded row per head
+        # qkv.view(N * 3H, D): row (i, s, h) = i*3H + s*H + h  <->  padded row s*R + row[i, h]
+        dst = (torch.arange(3, device=dev).view(1, 3, 1) * R + row.unsqueeze(1)).reshape(-1)
+        self.scatter_qkv = dst  # [N*3H] padded row of every (node, s, head)
+        # padding rows read row 0 (finite; masked as keys, discarded as queries)
+        self.gather = torch.zeros(3 * R, dtype=torch.long, device=dev).index_copy_(
+            0, dst, torch.arange(N * 3 * H, device=dev)
+        )
+        self.out = row.reshape(-1)  # [N*H] padded row of every (node, head) output
+        self.grad_out = torch.full((R,), N * H, dtype=torch.long, device=dev).index_copy_(
+            0, self.out, torch.arange(N * H, device=dev)
+        )  # padded query rows read a zero row
+        self.H, self.R = H, R
+
+
+class _FusedAttention(torch.autograd.Function):
+    """softmax(Q K^T / sqrt(d) + mask) V on padded per-graph blocks (one batched matmul per
+    bucket), with the padding and un-padding done by gathers (also in backward) and the softmax
+    probabilities saved for backward."""
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, plan: _FusedPlan, D: int) -> Tensor:  # type: ignore[override]
+        N, H, R = qkv.size(0), plan.H, plan.R
+        scale = 1.0 / math.sqrt(D)
+        qkvp = qkv.reshape(-1, D).index_select(0, plan.gather).view(3, R, D)
+        o = qkv.new_empty(R, D)
+        probs = []
+        for off, B, L, bias in plan.buckets:
+            n = B * H * L
+            q = qkvp[0, off : off + n].view(B * H, L, D)
+            k = qkvp[1, off : off + n].view(B * H, L, D)
+            v = qkvp[2, off : off + n].view(B * H, L, D)
+            a = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale).softmax(-1)
+            torch.bmm(a, v, out=o[off : off + n].view(B * H, L, D))
+            probs.append(a)
+        out = o.index_select(0, plan.out).view(N, H * D)
+        ctx.save_for_backward(qkvp, *probs)
+        ctx.plan, ctx.D, ctx.N = plan, D, N
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        qkvp, *probs = ctx.saved_tensors
+        plan, D, N = ctx.plan, ctx.D, ctx.N
+        H, R = plan.H, plan.R
+        scale = 1.0 / math.sqrt(D)
+        g = torch.cat([grad.reshape(-1, D), grad.new_zeros(1, D)])
+        do_all = g.index_select(0, plan.grad_out)  # [R, D]
+        dqkv = grad.new_empty(3, R, D)
+        for (off, B, L, _), a in zip(plan.buckets, probs):
+            n = B * H * L
+            q = qkvp[0, off : off + n].view(B * H, L, D)
+            k = qkvp[1, off : off + n].view(B * H, L, D)
+            v = qkvp[2, off : off + n].view(B * H, L, D)
+            do = do_all[off : off + n].view(B * H, L, D)
+            torch.bmm(a.transpose(1, 2), do, out=dqkv[2, off : off + n].view(B * H, L, D))
+            ds = torch._softmax_backward_data(torch.bmm(do, v.transpose(1, 2)), a, -1, a.dtype)
+            dq = dqkv[0, off : off + n].view(B * H, L, D)
+            dk = dqkv[1, off : off + n].view(B * H, L, D)
+            torch.baddbmm(dq, ds, k, beta=0.0, alpha=scale, out=dq)  # scale folded into the matmul
+            torch.baddbmm(dk, ds.transpose(1, 2), q, beta=0.0, alpha=scale, out=dk)
+        gqkv = dqkv.view(-1, D).index_select(0, plan.scatter_qkv).view(N, 3 * H * D)
+        return gqkv, None, None
+
+
 class FullAttention(torch.nn.Module):
     r"""Exact multi-head self-attention restricted to each graph of a mini-batch.
 
@@ -107,7 +270,8 @@ class FullAttention(torch.nn.Module):
         heads (int): number of heads :math:`H` (must divide ``channels``).
         dropout (float): dropout on the attention weights (as ``nn.MultiheadAttention``).
         bias (bool): learn ``in_proj_bias`` and ``out_proj.bias``.
-        strategy (str): ``'auto'`` | ``'pad'`` | ``'pairs'`` | ``'block'``
+        strategy (str): ``'auto'`` | ``'fused'`` | ``'sdpa'`` | ``'pad'`` | ``'pairs'`` |
+            ``'block'``
             (see the module docstring).  All give the same result.
 
     Shapes: ``x [N, C]``, ``batch [N]`` (sorted graph ids, PyG convention) -> ``[N, C]``.
@@ -155,7 +319,11 @@ class FullAttention(torch.nn.Module):
         if self.out_proj.bias is not None:
             torch.nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, x: Tensor, batch: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, batch: Tensor | None = None, cache: dict | None = None) -> Tensor:
+        r"""``x [N, C]``, ``batch [N]`` -> ``[N, C]``.  ``cache``: optional dict shared by the
+        layers of one model forward (e.g. :class:`~gtpe.nn.GPSLayer`'s ``state``); the batch
+        layout (graph sizes, padding indices) is then computed once per ``batch`` tensor
+        instead of once per layer."""
         if x.dim() != 2 or x.size(1) != self.channels:
             raise ValueError(
                 f"FullAttention: expected x of shape [N, {self.channels}], got {tuple(x.shape)}"
@@ -172,8 +340,15 @@ class FullAttention(torch.nn.Module):
         p = self.dropout if self.training else 0.0
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [N, 3C]
         strategy = self.strategy
-        if strategy in ("auto", "pad"):
-            out = self._bucketed(qkv, batch, p, auto=strategy != "pad")
+        if strategy in ("auto", "fused", "sdpa", "pad"):
+            info = _layout(batch, cache)
+            if p == 0.0 and (
+                strategy == "fused" or (strategy == "auto" and _fused_pays(info, qkv, self.heads))
+            ):
+                plan = _fused_plan(info, self.heads, qkv, auto=True)
+                out = _FusedAttention.apply(qkv, plan, self.head_dim)
+            else:
+                out = self._bucketed(qkv, batch, p, info, auto=strategy != "pad")
         elif strategy == "pairs":
             out = self._pairs(qkv, batch, p)
         else:
@@ -181,12 +356,11 @@ class FullAttention(torch.nn.Module):
         return self.out_proj(out)
 
     # -- strategies ---------------------------------------------------------------------------
-    def _bucketed(self, qkv: Tensor, batch: Tensor, p: float, auto: bool) -> Tensor:
+    def _bucketed(self, qkv: Tensor, batch: Tensor, p: float, info: dict, auto: bool) -> Tensor:
         N = qkv.size(0)
         H, D = self.heads, self.head_dim
-        counts = _sorted_counts(batch)
-        sizes: list[int] = counts.tolist()
-        buckets = _plan_buckets(sizes, auto)
+        counts, sizes = info["counts"], info["sizes"]
+        buckets = info["buckets"] if auto else _plan_buckets(sizes, False)
         if len(buckets) == 1 and len(buckets[0][0]) == 1:  # one graph: no padding at all
             q, k, v = qkv.view(1, N, 3, H, D).permute(2, 0, 3, 1, 4)
             o = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
