@@ -7,8 +7,10 @@ times are medians of ``--repeat`` runs inside that process.
 Rows
   * ZINC train (10,000 graphs): LapPE(k=8) + RWSE(20), gtpe batched (``gtpe.precompute``) vs
     PyG per graph (``AddLaplacianEigenvectorPE(k=8, is_undirected=True)`` +
-    ``AddRandomWalkPE(20)``); with ``--quick`` PyG runs on the first 1,000 graphs and the
-    time is scaled to 10,000 (marked ``est.``).
+    ``AddRandomWalkPE(20)``), PyG once with torch's default threads and once with one
+    thread (on busy cores its tiny per-graph kernels are several times faster so); with
+    ``--quick`` PyG runs on the first 1,000 graphs and the time is scaled to 10,000
+    (marked ``est.``).
   * ZINC train: LapPE + RWSE + RRWP(21), gtpe total.
   * large random graph (100,000 nodes, 1,000,000 random undirected edges, i.e. ~2,000,000
     directed entries): RWSE(20) gtpe (``method='auto'`` -> Monte-Carlo); PyG's
@@ -21,7 +23,8 @@ Rows
 Usage:  python benchmarks/pe_bench.py [--quick] [--repeat 3] [--timeout 600] [--mc-error]
 ZINC comes from ``gtpe.datasets.load_dataset('zinc')['train']`` (mirror ``GTPE_MIRROR``,
 default ``../shared/data``), falling back to reading ``zinc_subset/zinc_subset.json.gz``.
-The machine's load (other processes) is printed with the table: timings are wall clock.
+The machine's load (other processes) is printed with the table: ``seconds`` are wall clock,
+``CPU s`` the process CPU time (``time.process_time``, less sensitive to other jobs).
 """
 from __future__ import annotations
 
@@ -85,12 +88,17 @@ def path_graph(n):
 
 
 # ----------------------------------------------------------------------------- workers
+_CPU: list[float] = []
+
+
 def _timed(fn, repeat):
-    times, out = [], None
+    times, cpus, out = [], [], None
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = fn()
         times.append(time.perf_counter() - t)
+        cpus.append(time.process_time() - c)
+    _CPU.append(statistics.median(cpus))
     return statistics.median(times), out
 
 
@@ -108,7 +116,9 @@ def worker(name: str, repeat: int, quick: bool) -> dict:
         elif name == 'zinc_gtpe_rrwp':
             sec, _ = _timed(lambda: precompute(data, [AddLapPE(8), AddRWSE(20), AddRRWP(21)],
                                                progress=False), repeat)
-        elif name == 'zinc_pyg':
+        elif name in ('zinc_pyg', 'zinc_pyg1'):
+            if name == 'zinc_pyg1':
+                torch.set_num_threads(1)
             from torch_geometric.transforms import (
                 AddLaplacianEigenvectorPE,
                 AddRandomWalkPE,
@@ -121,6 +131,7 @@ def worker(name: str, repeat: int, quick: bool) -> dict:
             if quick:
                 res['estimated'] = True
                 sec *= len(data) / len(sub)
+                _CPU[-1] *= len(data) / len(sub)
         res['seconds'] = sec
     elif name == 'large_rwse':
         d = large_graph()
@@ -157,6 +168,8 @@ def worker(name: str, repeat: int, quick: bool) -> dict:
     else:
         raise SystemExit(f'unknown worker {name}')
     import resource
+    if _CPU:
+        res['cpu_seconds'] = _CPU[-1]
     res['peak_gib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     return res
 
@@ -188,6 +201,10 @@ def fmt_time(r):
     return s + (' (est.)' if r.get('estimated') else '')
 
 
+def fmt_cpu(r):
+    return f"{r['cpu_seconds']:.2f}" if 'cpu_seconds' in r else '-'
+
+
 def fmt_rate(r):
     if 'seconds' not in r:
         return '-'
@@ -213,10 +230,14 @@ def main():
     import torch
     rows = []
     z_g, z_p, z_r = run('zinc_gtpe', args), run('zinc_pyg', args), run('zinc_gtpe_rrwp', args)
-    ratio = (f"{z_p['seconds'] / z_g['seconds']:.1f}x" if 'seconds' in z_g and
-             'seconds' in z_p else '-')
-    rows.append(('ZINC train LapPE(8)+RWSE(20)', 'gtpe batched', z_g, ratio))
-    rows.append(('ZINC train LapPE(8)+RWSE(20)', 'PyG per graph', z_p, ''))
+    z_p1 = run('zinc_pyg1', args)
+
+    def speedup(ref):
+        return (f"{ref['seconds'] / z_g['seconds']:.1f}x faster" if 'seconds' in z_g and
+                'seconds' in ref else '-')
+    rows.append(('ZINC train LapPE(8)+RWSE(20)', 'gtpe batched', z_g, ''))
+    rows.append(('ZINC train LapPE(8)+RWSE(20)', 'PyG per graph', z_p, speedup(z_p)))
+    rows.append(('ZINC train LapPE(8)+RWSE(20)', 'PyG, 1 thread', z_p1, speedup(z_p1)))
     rows.append(('ZINC train LapPE+RWSE+RRWP(21)', 'gtpe batched', z_r, ''))
     lr = run('large_rwse', args)
     rows.append(('100k/1M random: RWSE(20)', 'gtpe auto (MC)', lr, ''))
@@ -237,12 +258,13 @@ def main():
     print(f"\npe_bench  (torch {torch.__version__}, {os.cpu_count()} CPUs, "
           f"torch threads {torch.get_num_threads()}, load avg {load[0]:.1f}, repeat "
           f"{args.repeat}{', quick' if args.quick else ''})")
-    head = f"| {'case':32} | {'impl':16} | {'seconds':>16} | {'graphs/s':>8} | " \
-           f"{'peak GiB':>8} | {'ratio / note':>22} |"
+    head = f"| {'case':32} | {'impl':16} | {'seconds':>16} | {'CPU s':>8} | " \
+           f"{'graphs/s':>8} | {'peak GiB':>8} | {'ratio / note':>22} |"
     print(head)
     print('|' + '|'.join('-' * (len(c)) for c in head.split('|')[1:-1]) + '|')
     for case, impl, r, note in rows:
-        print(f"| {case:32} | {impl:16} | {fmt_time(r):>16} | {fmt_rate(r):>8} | "
+        print(f"| {case:32} | {impl:16} | {fmt_time(r):>16} | {fmt_cpu(r):>8} | "
+              f"{fmt_rate(r):>8} | "
               f"{fmt_mem(r):>8} | {note:>22} |")
     if args.mc_error:
         r = run('mc_error', args)

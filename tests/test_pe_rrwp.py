@@ -97,3 +97,23 @@ def test_medium_graph_sparse_path_and_repr():
     check(AddRRWP(5)(d.clone()), d, 5)
     r = repr(AddRRWP(7, dense_max_nodes=3))
     assert 'walk_length=7' in r and 'dense_max_nodes=3' in r
+
+
+def test_batch_mixing_exact_padded_and_sparse_buckets():
+    # sizes <= 64 get their own dense bucket, 65..128 padded buckets, > 128 the sparse path;
+    # graphs in mixed order, some disconnected (not every pair is a pair)
+    g = torch.Generator().manual_seed(1)
+    ds = []
+    for n in (70, 5, 130, 64, 9, 100, 5, 1):
+        m = max(1, n // 2)
+        ei = torch.randint(0, n, (2, m), generator=g)
+        ds.append(Data(edge_index=ei, num_nodes=n))
+    t = AddRRWP(4)
+    threads = torch.get_num_threads()
+    batch = t(Batch.from_data_list([d.clone() for d in ds]))
+    assert torch.get_num_threads() == threads                  # restored after the dense work
+    ref = Batch.from_data_list([t(d.clone()) for d in ds])
+    for key in ('rrwp', 'rrwp_index', 'rrwp_val'):
+        assert torch.equal(batch[key], ref[key]), key
+    for a, d in zip(batch.to_data_list(), ds):
+        check(a, d, 4)

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from torch_geometric.data import Data
+from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import BaseTransform, Compose
 
 from gtpe.transforms import AddExpanderEdges, AddRRWP, AddRWSE, precompute
@@ -119,3 +119,30 @@ def test_errors():
         precompute(make_graphs(2), [AddRWSE(3)], batch_size=0)
     with pytest.raises(ValueError):
         precompute(make_graphs(2), [42])
+
+
+def test_weighted_graphs_and_thread_count():
+    # every graph weighted: the transforms' light collate carries edge_weight
+    from gtpe.transforms import AddLapPE
+    ds = make_graphs(17, seed=4)
+    g = torch.Generator().manual_seed(2)
+    for d in ds:
+        d.edge_weight = torch.rand(d.edge_index.size(1), generator=g) + 0.1
+    ts = [AddLapPE(3), AddRWSE(4), AddRRWP(3)]
+    light = pc._light_batch(ds[:4], {'edge_weight'})            # the fast collate is used
+    full = Batch.from_data_list(ds[:4])
+    for key in ('edge_index', 'edge_weight', 'ptr', 'batch'):
+        assert torch.equal(light[key], full[key]), key
+    assert light.num_nodes == full.num_nodes and light.num_graphs == 4
+    threads = torch.get_num_threads()
+    out = precompute(ds, ts, batch_size=6, progress=False)
+    assert torch.get_num_threads() == threads
+    ref = [Compose(ts)(d.clone()) for d in ds]
+    for o, r in zip(out, ref):
+        assert_same(o, r)
+    # unweighted per-graph results differ (the weights were used)
+    plain = [d.clone() for d in ds]
+    for d in plain:
+        del d.edge_weight
+    out2 = precompute(plain, [AddRWSE(4)], progress=False)
+    assert any(not torch.equal(a.rwse, b.rwse) for a, b in zip(out, out2))

@@ -106,8 +106,10 @@ class LaplacianSpec:
 
 
 def bucket_size(n: int) -> int:
-    """Padded size of a graph with ``n`` nodes (depends on ``n`` only, <= 12.5% padding)."""
-    if n <= 8:
+    """Padded size of a graph with ``n`` nodes (depends on ``n`` only): none up to 64 nodes
+    (one bucket per size: eigh is O(n^3), and small-graph datasets fill every size), then
+    <= 12.5% padding."""
+    if n <= 64:
         return n
     step = max(8, (1 << (int(n).bit_length() - 1)) // 8)
     return -(-n // step) * step
@@ -278,23 +280,34 @@ def dense_eigenpairs(row: Tensor, col: Tensor, w: Tensor, ptr: Tensor, spec: Lap
     node_graph = torch.repeat_interleave(torch.arange(num_graphs, device=device),
                                          sizes.to(device))
     edge_graph = node_graph[row]
-    padded = torch.tensor([bucket_size(int(s)) for s in sizes.tolist()], dtype=torch.long)
+    if edge_graph.numel() > 1 and not bool((edge_graph[1:] >= edge_graph[:-1]).all()):
+        order = torch.sort(edge_graph, stable=True).indices   # group the edges by graph
+        row, col, w, edge_graph = row[order], col[order], w[order], edge_graph[order]
+    eptr = torch.zeros(num_graphs + 1, dtype=torch.long)
+    eptr[1:] = torch.bincount(edge_graph.cpu(), minlength=num_graphs).cumsum(0)
+    table = torch.tensor([bucket_size(s) for s in range(int(sizes.max()) + 1)],
+                         dtype=torch.long)
+    padded = table[sizes]
     for n in sorted(set(padded.tolist())):
         if n == 0:
             continue
         members = torch.nonzero(padded == n).view(-1)
         chunk = max(1, _MAX_CHUNK_ELEMS // (n * n))
         for lo in range(0, members.numel(), chunk):
-            gids = members[lo:lo + chunk].to(device)
-            slot_of = torch.full((num_graphs,), -1, dtype=torch.long, device=device)
-            slot_of[gids] = torch.arange(gids.numel(), device=device)
-            eslot = slot_of[edge_graph]
-            emask = eslot >= 0
-            base = ptr_dev[edge_graph[emask]]
+            gids_cpu = members[lo:lo + chunk]
+            gids = gids_cpu.to(device)
+            # the bucket's edges: the graphs' contiguous edge ranges, graph by graph
+            e_lo = eptr[gids_cpu]
+            e_cnt = eptr[gids_cpu + 1] - e_lo
+            e_off = torch.cumsum(e_cnt, 0) - e_cnt
+            pos = (torch.repeat_interleave(e_lo - e_off, e_cnt) +
+                   torch.arange(int(e_cnt.sum()))).to(device)
+            eslot = torch.repeat_interleave(torch.arange(gids.numel()), e_cnt).to(device)
+            base = ptr_dev[edge_graph[pos]]
             g_sizes = sizes.to(device)[gids]
-            lap = _dense_laplacian(row[emask] - base, col[emask] - base, w[emask],
-                                   eslot[emask], g_sizes, n, spec,
-                                   None if q is None else q[gids.cpu()])
+            lap = _dense_laplacian(row[pos] - base, col[pos] - base, w[pos],
+                                   eslot, g_sizes, n, spec,
+                                   None if q is None else q[gids_cpu])
             with _single_threaded_torch(lap.device.type == 'cpu' and n <= _SMALL_EIGH):
                 lam, vec = torch.linalg.eigh(lap)  # ascending; padding eigenvalues sort last
             cols = torch.arange(start, start + num, device=device)
@@ -539,8 +552,11 @@ def spectral_pe(data, spec: LaplacianSpec, k: int, skip: int, weight_attr: str |
             nodes = torch.nonzero(keep_node).view(-1)
         else:
             s_row, s_col, s_w, s_ptr, nodes = row, col, w, ptr, None
-        ev, _, vv = dense_eigenpairs(s_row, s_col, s_w, s_ptr, spec,
-                                     None if q is None else q[small_ids], k, skip)
+        # many tiny kernels: one thread (see _single_threaded_torch); big eigh keep threads
+        with _single_threaded_torch(device.type == 'cpu'
+                                    and int(sizes[small_ids].max()) <= _SMALL_EIGH):
+            ev, _, vv = dense_eigenpairs(s_row, s_col, s_w, s_ptr, spec,
+                                         None if q is None else q[small_ids], k, skip)
         s_graph = torch.repeat_interleave(torch.arange(s_ptr.numel() - 1, device=device),
                                           s_ptr.diff().to(device))
         if nodes is None:

@@ -75,6 +75,11 @@ class AddLapPE(BaseTransform):
         self.sparse_threshold = sparse_threshold
         self.sparse_solver = sparse_solver
 
+    @property
+    def batch_keys(self) -> tuple:
+        """The attributes :meth:`forward` reads (:func:`gtpe.precompute` collates only these)."""
+        return ('edge_index', self.edge_weight)
+
     def forward(self, data: Data) -> Data:
         spec = LaplacianSpec(normalization=self.normalization)
         vals, vecs = spectral_pe(data, spec, self.k, 1, self.edge_weight,

@@ -1,10 +1,15 @@
 """Run PE transforms over a whole dataset in batches, with an optional disk cache.
 
 :func:`precompute` collates chunks of ``batch_size`` graphs into one block-diagonal
-:class:`~torch_geometric.data.Batch`, applies the batch-capable gtpe transforms to the whole
-chunk at once (they bucket the graphs by size internally), runs any other transform graph by
-graph, and splits the results back into new :class:`~torch_geometric.data.Data` objects by
-slicing the batched tensors directly (much faster than ``Batch.to_data_list``).
+:class:`~torch_geometric.data.Batch` (only the attributes the transforms read, listed by
+their ``batch_keys``, when all of them declare it; otherwise PyG's full collate), applies
+the batch-capable gtpe transforms to the whole chunk at once (they bucket the graphs by
+size internally), runs any other transform graph by graph, and splits the results back
+into new :class:`~torch_geometric.data.Data` objects by slicing the batched tensors
+directly (much faster than ``Batch.to_data_list``; node- and pair-level outputs are views
+of one fresh tensor per chunk, like ``InMemoryDataset.get``).  Chunks of small graphs
+(<= 256 nodes) on CPU run on one intra-op thread: their work is a stream of small
+kernels, which 2 OpenMP threads on busy cores made 5-10x slower.
 
 Cache (``cache_dir``): one file ``<cache_dir>/pe-<key>.pt`` per (dataset, transforms) where
 ``key = sha256(fingerprint(data_list) | repr(transforms) | gtpe.__version__)``.  The
@@ -32,6 +37,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import Compose
+
+from gtpe.transforms._sparse import single_thread
 
 _MAGIC = b'GTPE-PE-CACHE v1\n'
 _SKIP = ('batch', 'ptr')
@@ -168,7 +175,9 @@ def split_batch(batch: Batch, originals: Sequence[Data],
         parts = torch.split(value, sizes, dim=dim)
         if cat_dim is None:
             parts = [p.squeeze(0) for p in parts]
-        per_key[key] = [p.clone() for p in parts]
+        # dim-0 parts are contiguous views of the fresh (transform-made) batched tensor, as
+        # PyG's InMemoryDataset.get returns; other dims would give strided views: copy those
+        per_key[key] = list(parts) if dim == 0 else [p.contiguous() for p in parts]
     removed = [k for k in original_values if k not in batch.keys() and k not in _SKIP]
     out = []
     for g, src in enumerate(originals):
@@ -176,11 +185,85 @@ def split_batch(batch: Batch, originals: Sequence[Data],
         for k in removed:
             if k in d:
                 del d[k]
-        store = d._store
-        for k, vals in per_key.items():
-            store[k] = vals[g]
+        _store_many(d._store, per_key, g)
         out.append(d)
     return out
+
+
+def _store_many(store, per_key: dict[str, list[Any]], g: int) -> None:
+    """``store[k] = per_key[k][g]`` for every key, bypassing ``BaseStorage.__setitem__``'s
+    slow cache lookup (an AttributeError per call) while keeping its semantics."""
+    mapping = store._mapping
+    cached = store.__dict__.get('_cached_attr')
+    for k, vals in per_key.items():
+        v = vals[g]
+        if cached:
+            for c in cached.values():
+                c.discard(k)
+        if v is None:
+            mapping.pop(k, None)
+        else:
+            mapping[k] = v
+
+
+# ----------------------------------------------------------------------------- collate
+def _light_batch(items: list[Data], keys: set[str]) -> Batch | None:
+    """A :class:`Batch` of ``items`` holding only ``edge_index`` and ``keys`` (what the
+    transforms read), built with a few ``torch.cat`` instead of PyG's per-attribute,
+    per-graph collate.  ``None`` (use the full collate) when an attribute is missing from
+    some graphs, is not a tensor, or the Data class customises ``__inc__``/``__cat_dim__``."""
+    if not items:
+        return None
+    cls = items[0].__class__
+    if any(d.__class__ is not cls for d in items) or \
+            cls.__inc__ is not Data.__inc__ or cls.__cat_dim__ is not Data.__cat_dim__:
+        return None
+    stores = [d._store._mapping for d in items]
+    num_nodes = [d.num_nodes for d in items]
+    if any(n is None for n in num_nodes):
+        return None
+    counts = torch.tensor(num_nodes, dtype=torch.long)
+    G = len(items)
+    ptr = torch.zeros(G + 1, dtype=torch.long)
+    ptr[1:] = counts.cumsum(0)
+    batch = Batch(_base_cls=cls)
+    slice_dict: dict[str, Tensor] = {}
+    inc_dict: dict[str, Tensor] = {}
+    for key in sorted(set(keys) | {'edge_index'}):
+        present = [key in m for m in stores]
+        if not any(present):
+            continue
+        if not all(present):
+            return None
+        if 'batch' in key:                               # Data.__inc__: max + 1
+            return None
+        vals = [m[key] for m in stores]
+        if not all(type(v) is Tensor for v in vals):        # no EdgeIndex/nested/sparse
+            return None
+        cat_dim = _cat_dim(items[0], key, vals[0])
+        if cat_dim is None or len({v.dim() for v in vals}) != 1:
+            return None
+        sizes = torch.tensor([v.size(cat_dim) for v in vals], dtype=torch.long)
+        value = torch.cat(vals, dim=cat_dim)
+        inc = torch.zeros(G, dtype=torch.long)
+        if 'index' in key or key == 'face':          # Data.__inc__: node-id attributes
+            inc = ptr[:-1].clone()
+            shape = [1] * value.dim()
+            shape[cat_dim] = -1
+            value = value + torch.repeat_interleave(inc, sizes).to(value.device).view(shape)
+        sl = torch.zeros(G + 1, dtype=torch.long)
+        sl[1:] = sizes.cumsum(0)
+        batch[key] = value
+        slice_dict[key] = sl
+        inc_dict[key] = inc
+    device = batch['edge_index'].device if 'edge_index' in batch else torch.device('cpu')
+    batch.batch = torch.repeat_interleave(torch.arange(G), counts).to(device)
+    batch.ptr = ptr.to(device)
+    batch.num_nodes = int(ptr[-1])
+    batch._num_graphs = G
+    batch._slice_dict = slice_dict
+    batch._inc_dict = inc_dict
+    return batch
 
 
 # ----------------------------------------------------------------------------- compute
@@ -195,11 +278,20 @@ def _apply(chunk: list[Data], transforms: list[Callable]) -> list[Data]:
             while i < len(transforms) and _supports_batch(transforms[i]):
                 group.append(transforms[i])
                 i += 1
-            batch = Batch.from_data_list(items)
+            keys = [getattr(tt, 'batch_keys', None) for tt in group]
+            batch = None
+            if all(k is not None for k in keys):
+                batch = _light_batch(items, {k for ks in keys for k in ks if k})
+            if batch is None:
+                batch = Batch.from_data_list(items)
             before = {k: batch[k] for k in batch.keys()}
-            for tt in group:
-                batch = tt(batch)
-            items = split_batch(batch, items, before)
+            ptr = batch.ptr
+            small = ptr.device.type == 'cpu' and (ptr.numel() < 2 or
+                                                  int((ptr[1:] - ptr[:-1]).max()) <= 256)
+            with single_thread(small):
+                for tt in group:
+                    batch = tt(batch)
+                items = split_batch(batch, items, before)
         else:
             items = [t(copy.copy(d)) for d in items]
             i += 1

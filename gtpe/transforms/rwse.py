@@ -223,6 +223,7 @@ class AddRWSE(BaseTransform):
         dense_max_nodes (int): graphs up to this size use the dense batched path.
     """
     supports_batch = True
+    batch_keys = ('edge_index', 'edge_weight')  # what forward reads (gtpe.precompute)
 
     def __init__(self, walk_length: int = 20, method: str = 'auto',
                  exact_max_nodes: int = 5_000, num_walks: int = 32, seed: int = 0,
@@ -261,11 +262,12 @@ class AddRWSE(BaseTransform):
         ge = sp.GraphEdges(ei, w, ptr, nb)
         methods = [self._graph_method(int(n)) for n in sizes.tolist()]
         dense_max = self.dense_max_nodes if self.method != 'mc' else 0
-        for n_pad, gids in sp.dense_groups(sizes, dense_max):
-            A = sp.dense_adjacency(ge, gids, n_pad)
-            R = _dense_rwse(sp.row_normalize(A), K)           # [B, n_pad, K]
-            mask, nodes = sp.node_index_of(ptr, gids, n_pad, device)
-            out[nodes] = R[mask]
+        with sp.single_thread(device.type == 'cpu'):
+            for n_pad, gids in sp.dense_groups(sizes, dense_max, exact_max=64):
+                A = sp.dense_adjacency(ge, gids, n_pad)
+                R = _dense_rwse(sp.row_normalize(A), K)           # [B, n_pad, K]
+                mask, nodes = sp.node_index_of(ptr, gids, n_pad, device)
+                out[nodes] = R[mask]
         for g, meth in enumerate(methods):
             n = int(sizes[g])
             if meth == 'dense' or n == 0:
