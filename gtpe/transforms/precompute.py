@@ -28,7 +28,6 @@ import copy
 import hashlib
 import io
 import os
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +37,7 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import Compose
 
+from gtpe._atomic import atomic_write
 from gtpe.transforms._sparse import single_thread
 
 _MAGIC = b'GTPE-PE-CACHE v1\n'
@@ -399,22 +399,13 @@ def _write_entry(path: str, payload: dict[str, Any]) -> None:
     buf = io.BytesIO()
     torch.save(payload, buf)
     raw = buf.getvalue()
-    folder = os.path.dirname(path) or '.'
-    fd, tmp = tempfile.mkstemp(prefix='.tmp-', suffix='.pt', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(_MAGIC)
-            f.write(hashlib.sha256(raw).hexdigest().encode() + b'\n')
-            f.write(raw)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    def write(f) -> None:
+        f.write(_MAGIC)
+        f.write(hashlib.sha256(raw).hexdigest().encode() + b'\n')
+        f.write(raw)
+
+    atomic_write(path, write)
 
 
 def cache_path(cache_dir: str, key: str) -> str:
