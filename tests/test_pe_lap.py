@@ -7,6 +7,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch_geometric.data import Batch, Data
+from torch_geometric.utils import to_undirected
 
 from gtpe.transforms._eigen import LaplacianSpec, canonicalize, spectral_pe
 from gtpe.transforms.lap import AddLapPE
@@ -404,6 +405,25 @@ def test_sparse_path_with_components_matches_dense(solver, norm):
     vals, _vecs = check_against_reference(data, 8, norm, tol=1e-8, threshold=50, solver=solver)
     dense_vals, _ = f64(data, 8, norm)  # the dense path (threshold 2000)
     np.testing.assert_allclose(vals, dense_vals.numpy(), atol=1e-9)
+
+
+def test_lanczos_finds_every_eigenvalue_of_a_clustered_random_spectrum():
+    # a random graph's small eigenvalues crowd at the bulk edge: the Lanczos tolerance must
+    # not let ARPACK stop before it has found each of them
+    import scipy.linalg
+    n, k = 1500, 8
+    gen = torch.Generator().manual_seed(3)
+    ei = torch.randint(0, n, (2, 6 * n), generator=gen)
+    ei = torch.cat([ei[:, ei[0] != ei[1]], path(n)], 1)  # connected, no self-loops
+    data = Data(edge_index=to_undirected(ei, num_nodes=n), num_nodes=n)  # no duplicates
+    vals, vecs = f64(data, k, 'sym', threshold=100, solver='lanczos')
+    lap = ref_laplacian_sparse(data.edge_index.numpy(), n, 'sym')
+    ref = scipy.linalg.eigh(lap.toarray(), eigvals_only=True, subset_by_index=[1, k])
+    assert np.diff(ref).min() < 2e-3  # the spectrum is clustered indeed
+    np.testing.assert_allclose(vals[0].numpy(), ref, rtol=0, atol=1e-10)
+    v = vecs.numpy()
+    assert np.abs(lap @ v - v * vals[0].numpy()).max() < 1e-8
+    np.testing.assert_allclose(v.T @ v, np.eye(k), atol=1e-10)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
