@@ -19,7 +19,9 @@ Rows
   * large random graph: LapPE(k=8) gtpe vs PyG (subprocess time limit ``--timeout``), with
     the largest eigen-residual ``||L v - lam v||`` of the returned unit vectors (PyG solves in
     float32, gtpe in float64 and stores float32).
-  * 100,000-node path: LapPE(k=8) eigenvalues vs the analytic ``1 - cos(pi k / (n - 1))``.
+  * 100,000-node path: LapPE(k=8) eigenvalues vs the analytic ``1 - cos(pi k / (n - 1))``, and
+    scipy's plain ``eigsh(L, k=9, which='SA')`` (what PyG calls) on the same Laplacian, which
+    stalls there: its run is cut at ``--path-eigsh-timeout`` seconds.
   * ``--mc-error``: the Monte-Carlo RWSE error against exact on a 5,000-node random graph.
 
 Usage:  python benchmarks/pe_bench.py [--quick] [--repeat 3] [--timeout 600] [--mc-error]
@@ -174,6 +176,17 @@ def worker(name: str, repeat: int, quick: bool) -> dict:
                            dtype=torch.float64)
         err = (out.lap_eigval[0].double() - ana).abs().max().item()
         res.update(seconds=sec, graphs=1, max_eig_err=err)
+    elif name == 'path_lap_scipy':
+        import numpy as np
+        import scipy.sparse as sp
+        from scipy.sparse.linalg import eigsh
+        n = 100_000
+        r, c = path_graph(n).edge_index.numpy()
+        adj = sp.csr_matrix((np.ones(r.size), (r, c)), shape=(n, n))
+        dis = sp.diags(1 / np.sqrt(np.asarray(adj.sum(1)).ravel()))
+        lap = (sp.identity(n) - dis @ adj @ dis).tocsr()
+        sec, _ = _timed(lambda: eigsh(lap, k=9, which='SA'), 1)
+        res.update(seconds=sec, graphs=1)
     elif name == 'mc_error':
         from torch_geometric.utils import to_undirected  # noqa: F401
         d = large_graph(5_000, 50_000, seed=0)
@@ -194,15 +207,16 @@ def worker(name: str, repeat: int, quick: bool) -> dict:
     return res
 
 
-def run(name: str, args) -> dict:
+def run(name: str, args, timeout: float | None = None) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), '--worker', name,
            '--repeat', str(args.repeat)] + (['--quick'] if args.quick else [])
+    timeout = timeout or args.timeout
     try:
-        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout,
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                            env=dict(os.environ, PYTHONPATH=ROOT + os.pathsep +
                                     os.environ.get('PYTHONPATH', '')))
     except subprocess.TimeoutExpired:
-        return {'timeout': args.timeout}
+        return {'timeout': timeout}
     if p.returncode != 0:
         err = (p.stderr or '').strip().splitlines()
         oom = p.returncode in (-9, 137) or any('MemoryError' in ln or 'out of memory' in ln
@@ -242,6 +256,8 @@ def main():
     ap.add_argument('--timeout', type=int, default=600, help='seconds per measurement')
     ap.add_argument('--mc-error', action='store_true', help='also report the MC RWSE error')
     ap.add_argument('--skip-large-pyg', action='store_true')
+    ap.add_argument('--path-eigsh-timeout', type=int, default=120,
+                    help='seconds given to scipy\'s plain eigsh on the 100k path')
     ap.add_argument('--worker', default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -276,6 +292,8 @@ def main():
     pl = run('path_lap', args)
     note = f"max |eig err| = {pl['max_eig_err']:.1e}" if 'max_eig_err' in pl else ''
     rows.append(('100k path: LapPE(8)', 'gtpe', pl, note))
+    ps = run('path_lap_scipy', args, timeout=args.path_eigsh_timeout)
+    rows.append(('100k path: LapPE(8)', 'scipy eigsh', ps, ''))
 
     load = os.getloadavg() if hasattr(os, 'getloadavg') else (float('nan'),) * 3
     print(f"\npe_bench  (torch {torch.__version__}, {os.cpu_count()} CPUs, "

@@ -1,18 +1,29 @@
 """Atomic file writes, shared by the dataset cache, the PE cache and training checkpoints.
 
-``atomic_write(path, write)`` fills a temporary file in the same folder, flushes and ``fsync``s it,
-then moves it over ``path`` with :func:`os.replace` (atomic on POSIX): a reader — or a run killed at
-any moment — sees the old complete file or the new complete file, never a truncated one.
+``atomic_write(path, write)`` fills a temporary file ``.<name>.<random>.tmp`` in the same folder,
+flushes and ``fsync``s it, then moves it over ``path`` with :func:`os.replace` (atomic on POSIX): a
+reader — or a run killed at any moment — sees the old complete file or the new complete file, never
+a truncated one. The file gets the usual permissions (``0o666`` minus the umask), not ``mkstemp``'s
+``0o600``. ``remove_stale_temporaries(folder)`` deletes temporaries left by killed processes.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ['atomic_write']
+__all__ = ['TEMP_GLOB', 'atomic_write', 'remove_stale_temporaries']
+
+TEMP_GLOB = '.*.tmp'  # names of atomic_write's temporary files
+
+
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], Any],
@@ -23,6 +34,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], Any],
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, 'wb' if binary else 'w') as f:
             write(f)
             f.flush()
@@ -34,3 +46,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], Any],
         except FileNotFoundError:
             pass
         raise
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = 0.0) -> int:
+    """Delete ``atomic_write`` temporaries in ``folder`` last modified more than ``older_than``
+    seconds ago (``0``: all of them; pass a margin where another process may be writing).
+    Returns how many were removed."""
+    removed = 0
+    now = time.time()
+    for tmp in Path(folder).glob(TEMP_GLOB):
+        try:
+            if now - tmp.stat().st_mtime >= older_than:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed

@@ -163,3 +163,15 @@ def test_custom_model_example_runs():
     assert 'epoch 1: train loss' in proc.stdout
     mae = float(proc.stdout.split('test mae: ')[1].split()[0])
     assert 0 < mae < 10
+
+
+@pytest.mark.parametrize('quiet', [True, False])
+def test_quiet_hides_every_progress_bar(capsys, tmp_path, monkeypatch, quiet):
+    # no dataset.limit: the dataset build and its pre_transform run inside load_dataset
+    config = {**TINY, 'dataset': {'name': 'zinc'}}
+    path = tmp_path / 'full.yaml'
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setenv('GTPE_DATA_ROOT', str(tmp_path / 'fresh-root'))
+    code, _, err = run_main(capsys, 'precompute', path, *(['--quiet'] if quiet else []))
+    assert code == 0
+    assert ('precompute' in err) is not quiet, err

@@ -69,3 +69,9 @@ def test_higher_is_better_and_unknown():
         evaluate('f1', [0], [0])
     with pytest.raises(ValueError, match='unknown metric'):
         higher_is_better('rmse')
+
+
+def test_rocauc_of_a_single_class_is_a_clear_value_error():
+    y = np.zeros((6, 1))
+    with pytest.raises(ValueError, match='rocauc: undefined'):
+        evaluate('rocauc', y, np.linspace(-1, 1, 6)[:, None])

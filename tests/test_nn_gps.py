@@ -139,6 +139,11 @@ def test_gatedgcn_matches_dense_reference():
     )
     torch.testing.assert_close(x_out.double().cpu(), x_ref, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(e_out.double().cpu(), e_ref, atol=1e-4, rtol=1e-4)
+    # the same layer in float64 agrees with the reference to rounding
+    x64, e64 = layer.double()(d["x"].double(), d["edge_index"], d["edge_attr"].double())
+    torch.testing.assert_close(x64.cpu(), x_ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(e64.cpu(), e_ref, atol=1e-10, rtol=1e-10)
+    layer.float()
     # update_edges=False returns the input edge features unchanged
     layer2 = GatedGCN(C, update_edges=False).to(DEVICE)
     x2, e2 = layer2(d["x"], d["edge_index"], d["edge_attr"])

@@ -117,3 +117,28 @@ def test_batch_mixing_exact_padded_and_sparse_buckets():
         assert torch.equal(batch[key], ref[key]), key
     for a, d in zip(batch.to_data_list(), ds):
         check(a, d, 4)
+
+
+def dense_pairs(out, n, K):
+    T = torch.zeros(n, n, K)
+    T[out.rrwp_index[0], out.rrwp_index[1]] = out.rrwp_val
+    return T
+
+
+@SETTINGS
+@given(graphs(max_nodes=16), st.randoms(use_true_random=False))
+def test_permutation_equivariance(d, rnd):
+    n, K = d.num_nodes, 6
+    perm = torch.tensor(rnd.sample(range(n), n), dtype=torch.long)
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(n)
+    order = torch.randperm(d.edge_index.size(1), generator=torch.Generator().manual_seed(1))
+    d_p = Data(edge_index=inv[d.edge_index][:, order], num_nodes=n)
+    if getattr(d, 'edge_weight', None) is not None:
+        d_p.edge_weight = d.edge_weight[order]
+    for t in (AddRRWP(K), AddRRWP(K, dense_max_nodes=0)):   # dense and sparse paths
+        out, out_p = t(d.clone()), t(d_p)
+        np.testing.assert_allclose(out_p.rrwp.numpy(), out.rrwp[perm].numpy(), atol=1e-6)
+        T, T_p = dense_pairs(out, n, K), dense_pairs(out_p, n, K)
+        np.testing.assert_allclose(T_p.numpy(), T[perm][:, perm].numpy(), atol=1e-6)
+        assert out_p.rrwp_index.size(1) == out.rrwp_index.size(1)  # same pair set, relabelled

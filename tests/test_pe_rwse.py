@@ -189,3 +189,23 @@ def test_auto_selects_mc_above_threshold():
     t = AddRWSE(6, exact_max_nodes=1000)
     assert [t._graph_method(n) for n in (20, 500, 2000)] == ['dense', 'exact', 'mc']
     assert AddRWSE(6, method='exact')._graph_method(10 ** 6) == 'exact'
+
+
+def permuted(d, perm):
+    """``d`` with node ``i`` of the result = node ``perm[i]`` of ``d`` (edges shuffled too)."""
+    inv = torch.empty_like(perm)
+    inv[perm] = torch.arange(perm.numel())
+    order = torch.randperm(d.edge_index.size(1), generator=torch.Generator().manual_seed(1))
+    out = Data(edge_index=inv[d.edge_index][:, order], num_nodes=d.num_nodes)
+    if getattr(d, 'edge_weight', None) is not None:
+        out.edge_weight = d.edge_weight[order]
+    return out
+
+
+@SETTINGS
+@given(graphs(max_nodes=16), st.randoms(use_true_random=False))
+def test_permutation_equivariance(d, rnd):
+    perm = torch.tensor(rnd.sample(range(d.num_nodes), d.num_nodes), dtype=torch.long)
+    for t in (AddRWSE(7), AddRWSE(7, dense_max_nodes=0)):   # dense and sparse exact paths
+        out, out_p = t(d.clone()).rwse, t(permuted(d, perm)).rwse
+        np.testing.assert_allclose(out_p.numpy(), out[perm].numpy(), atol=1e-6)

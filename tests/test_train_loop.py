@@ -158,3 +158,15 @@ def test_checkpoint_writes_are_atomic_and_rng_round_trips(tmp_path):
     random.seed(2), np.random.seed(2), torch.manual_seed(2)
     set_rng_state(load_checkpoint(path)['rng'])
     assert (random.random(), np.random.randn(3).tolist(), torch.rand(3).tolist()) == expected
+
+
+def test_limit_without_both_classes_fails_before_training():
+    from torch_geometric.data import Data
+
+    from gtpe.train.loop import _check_metric_defined
+    info = dataset_info('ogbg-molhiv')
+    negatives = [Data(y=torch.tensor([[0]])) for _ in range(5)]
+    with pytest.raises(ValueError, match='no label with both classes.*raise dataset.limit'):
+        _check_metric_defined(info, 'val', negatives, 5)
+    _check_metric_defined(info, 'val', negatives + [Data(y=torch.tensor([[1]]))], 6)
+    _check_metric_defined(dataset_info('zinc'), 'val', negatives, 5)  # MAE: always defined

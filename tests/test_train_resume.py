@@ -85,6 +85,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         assert load_checkpoint(killed / 'checkpoints' / 'last.pt')['epoch'] == 1
         assert len(_rows(killed / 'metrics.csv')) == 1
         assert not [p for p in (killed / 'checkpoints').iterdir() if p.name.startswith('.')]
+        # what a kill in the middle of a checkpoint write leaves (gtpe._atomic's naming)
+        stale = killed / 'checkpoints' / '.last.pt.k1ll3d.tmp'
+        stale.write_bytes(b'half a checkpoint')
 
         resumed = subprocess.run([sys.executable, '-m', 'gtpe.cli', *cmd, '--out', str(killed),
                                   '--resume'], env=env, capture_output=True, text=True,
@@ -92,6 +95,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         assert resumed.returncode == 0, resumed.stderr
         assert 'resuming' in resumed.stdout and 'after epoch 1/3' in resumed.stdout
         assert 'epoch   1/3' not in resumed.stdout  # epoch 1 is not trained again
+        assert not stale.exists()
 
         ref_out = ref_proc.communicate(timeout=300)[0]
         assert ref_proc.returncode == 0, ref_out

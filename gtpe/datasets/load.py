@@ -120,13 +120,13 @@ def _load_base(name: str, root: Path, progress: bool = True) -> tuple[dict, str]
 
 
 def _apply_pre_transform(name: str, level: str, datasets: dict, pre_transform, root: Path,
-                         status: str) -> dict:
+                         status: str, progress: bool = True) -> dict:
     from gtpe.transforms.precompute import precompute
 
     keys = ('graph',) if level == 'node' else SPLITS
     parts = [datasets['train']] if level == 'node' else [datasets[s] for s in SPLITS]
     graphs = [ds.get(i) for ds in parts for i in range(len(ds))]
-    out = precompute(graphs, pre_transform, cache_dir=str(root / name / 'pe'), progress=True)
+    out = precompute(graphs, pre_transform, cache_dir=str(root / name / 'pe'), progress=progress)
     result, start = {}, 0
     for key, ds in zip(keys, parts):
         result[key] = GraphDataset.from_list(out[start:start + len(ds)], name, ds.split,
@@ -139,7 +139,8 @@ def _apply_pre_transform(name: str, level: str, datasets: dict, pre_transform, r
 
 def load_dataset(name: str, root: str | os.PathLike | None = None,
                  pre_transform: Callable | Sequence[Callable] | None = None,
-                 transform: Callable | None = None) -> dict[str, GraphDataset]:
+                 transform: Callable | None = None, *,
+                 progress: bool = True) -> dict[str, GraphDataset]:
     """Load ``name`` as ``{'train', 'val', 'test'}`` PyG datasets.
 
     Sources: the offline mirror in ``$GTPE_MIRROR`` when set (files checked against their sha256),
@@ -150,10 +151,11 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
 
     ``pre_transform`` (a transform, a list of them or a ``Compose``) runs once over all graphs via
     ``gtpe.precompute(..., cache_dir=<root>/<name>/pe)``; ``transform`` runs on every access.
+    ``progress=False`` hides the progress bars of building and precomputing.
     """
     info = dataset_info(name)
     root = data_root(root)
-    obj, status = _load_base(info.name, root)
+    obj, status = _load_base(info.name, root, progress)
     built = {s: GraphDataset.from_storage({'data': _cache.expand(st['data']),
                                            'slices': _cache.expand(st['slices'])},
                                           info.name, s if s in SPLITS else 'all',
@@ -167,7 +169,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
         pre_transform = None
     if pre_transform is not None:
         datasets = _apply_pre_transform(info.name, info.level, datasets, pre_transform, root,
-                                        status)
+                                        status, progress)
     for ds in {id(d): d for d in datasets.values()}.values():
         ds.transform = transform
     return datasets

@@ -67,8 +67,12 @@ def _rocauc(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     evaluator = Evaluator('ogbg-molhiv')
     if y_true.shape[1] != evaluator.num_tasks:  # same rule for any number of tasks
         return _per_task(y_true, y_pred, 'rocauc')
-    result = evaluator.eval({'y_true': y_true.astype(np.float64),
-                             'y_pred': y_pred.astype(np.float64)})
+    try:
+        result = evaluator.eval({'y_true': y_true.astype(np.float64),
+                                 'y_pred': y_pred.astype(np.float64)})
+    except RuntimeError as e:  # OGB: "No positively labeled data available. Cannot compute ROC-AUC."
+        raise ValueError(f'rocauc: undefined, no task has both positive and negative examples '
+                         f'({e})') from None
     return float(result['rocauc'])
 
 

@@ -16,6 +16,7 @@ from torch import Tensor
 from torch.nn import Dropout, Linear, ReLU, Sequential
 
 from gtpe.nn.local import GINE, GatedGCN
+from gtpe.nn.ops import segment_count
 
 __all__ = ["ATTN_TYPES", "LOCAL_TYPES", "NORM_TYPES", "GPSLayer"]
 
@@ -375,9 +376,7 @@ class GPSLayer(torch.nn.Module):
                 )
             deg = state.get("deg")
             if deg is None:  # GRIT's degree injection uses the input graph's in-degree
-                deg = torch.zeros(x.size(0), dtype=x.dtype, device=x.device).index_add_(
-                    0, edge_index[1], torch.ones(edge_index.size(1), dtype=x.dtype, device=x.device)
-                )
+                deg = segment_count(edge_index[1], x.size(0), dtype=x.dtype)
                 state["deg"] = deg
             a, pa, pi = self.attn(x, pi, pa, batch, deg=deg, num_graphs=num_graphs)
             state["pair_index"] = pi

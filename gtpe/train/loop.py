@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from gtpe._atomic import remove_stale_temporaries
 from gtpe.train import distributed as D
 from gtpe.train._dataclass_io import ConfigError
 from gtpe.train.checkpoint import (
@@ -113,10 +114,11 @@ def load_data(config: ExperimentConfig, progress: bool = True) -> tuple[Any, dic
     info = dataset_info(dc.name)
     transforms = list(config.model.transforms())
     if dc.limit is None or info.level == 'node':
-        splits = load_dataset(dc.name, root=dc.root, pre_transform=transforms or None)
+        splits = load_dataset(dc.name, root=dc.root, pre_transform=transforms or None,
+                              progress=progress)
         return info, dict(splits)
 
-    splits = load_dataset(dc.name, root=dc.root)
+    splits = load_dataset(dc.name, root=dc.root, progress=progress)
     out = {}
     for key in ('train', 'val', 'test'):
         ds = splits[key]
@@ -127,7 +129,19 @@ def load_data(config: ExperimentConfig, progress: bool = True) -> tuple[Any, dic
             cache = data_root(dc.root) / dc.name / 'pe'
             subset = precompute(subset, transforms, cache_dir=cache, progress=progress)
         out[key] = subset
+        _check_metric_defined(info, key, subset, dc.limit)
     return info, out
+
+
+def _check_metric_defined(info: Any, split: str, graphs: list, limit: int) -> None:
+    """ROC-AUC / AP need a label with both classes: fail before training, not after an epoch."""
+    if info.metric not in ('rocauc', 'ap') or not graphs:
+        return
+    y = torch.cat([g.y.reshape(1, -1).double() for g in graphs])
+    if not bool(((y == 1).any(0) & (y == 0).any(0)).any()):
+        raise ValueError(f'dataset.limit={limit}: the first {len(graphs)} {split} graphs of '
+                         f'{info.name} have no label with both classes, so {info.metric} is '
+                         f'undefined; raise dataset.limit')
 
 
 def build_model(config: ExperimentConfig, info: Any) -> torch.nn.Module:
@@ -362,8 +376,8 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
             for name in _OUTPUT_FILES:
                 (out / name).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-        for stale in [*out.glob('.*.tmp-*'), *ckpt_dir.glob('.*.tmp-*')]:
-            stale.unlink(missing_ok=True)  # left by a process killed in the middle of a write
+        for folder in (out, ckpt_dir):  # left by a process killed in the middle of a write
+            remove_stale_temporaries(folder)
         atomic_write_text(out / 'config.yaml', config.to_yaml())
     metric, higher = info.metric, bool(info.higher_is_better)
 

@@ -87,7 +87,7 @@ def complete_pairs(
     if j.numel() > 0 and bool((batch.index_select(0, j) != batch.index_select(0, i)).any()):
         raise ValueError("complete_pairs: pair_index connects nodes of different graphs")
     pos = row_off.index_select(0, i) + (j - start.index_select(0, batch.index_select(0, i)))
-    attr = pair_attr.new_zeros((P,) + tuple(pair_attr.shape[1:])).index_add(0, pos, pair_attr)
+    attr = scatter_sum(pair_attr, pos, P)
     return torch.stack([src, dst]), attr
 
 

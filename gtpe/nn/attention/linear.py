@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Parameter
 
-from gtpe.nn.ops import scatter_sum
+from gtpe.nn.ops import scatter_max, scatter_sum
 
 
 def orthogonal_random_features(
@@ -151,10 +151,7 @@ class LinearAttention(torch.nn.Module):
             if batch is None:
                 shift = pm.amax(dim=0, keepdim=True).unsqueeze(-1)
             else:
-                gmax = pm.new_full((num_graphs, pm.size(1)), float("-inf")).scatter_reduce(
-                    0, batch.unsqueeze(1).expand_as(pm), pm, reduce="amax", include_self=True
-                )
-                shift = gmax.index_select(0, batch).unsqueeze(-1)
+                shift = scatter_max(pm, batch, num_graphs).index_select(0, batch).unsqueeze(-1)
         return torch.exp(proj - shift) / math.sqrt(self.num_features)
 
     def forward(self, x: Tensor, batch: Tensor | None = None) -> Tensor:

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torch.nn import Linear, ReLU, Sequential
 
+from gtpe.nn.ops import scatter_max
+
 __all__ = ["EigenSetEncoder", "LapPEEncoder", "padding_mask"]
 
 
@@ -23,10 +25,7 @@ def padding_mask(vec: Tensor, batch: Tensor | None = None, num_graphs: int | Non
         return (a.amax(dim=0, keepdim=True) == 0).expand_as(a)
     if num_graphs is None:
         num_graphs = int(batch.max()) + 1 if batch.numel() > 0 else 0
-    colmax = a.new_zeros(num_graphs, a.size(1)).scatter_reduce_(
-        0, batch.view(-1, 1).expand_as(a), a, reduce="amax", include_self=True
-    )
-    return colmax.index_select(0, batch) == 0
+    return scatter_max(a, batch, num_graphs).index_select(0, batch) == 0  # a >= 0
 
 
 class EigenSetEncoder(torch.nn.Module):

@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torch.nn import Linear
 
+from gtpe.nn.ops import scatter_sum
+
 __all__ = ["RRWPEncoder"]
 
 
@@ -103,7 +105,7 @@ class RRWPEncoder(torch.nn.Module):
             key = idx[0] * n + idx[1]
             uniq, inv = torch.unique(key, sorted=True, return_inverse=True)
             attr = torch.cat([pair_attr, edge_attr.to(pair_attr.dtype)], dim=0)
-            pair_attr = attr.new_zeros(uniq.numel(), attr.size(1)).index_add_(0, inv, attr)
+            pair_attr = scatter_sum(attr, inv, uniq.numel())
             pair_index = torch.stack([uniq // n, uniq % n], dim=0)
         return h, pair_index, pair_attr
 
