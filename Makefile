@@ -35,6 +35,7 @@ lint: venv
 bench: venv
 	$(PY) benchmarks/pe_bench.py
 	$(PY) benchmarks/train_bench.py
+	$(PY) benchmarks/scatter_bench.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -136,3 +136,17 @@ def test_edge_dot_and_aggregate_match_dense_and_gradcheck():
         ops.edge_dot(q, k, dst, src, w[:3])
     with pytest.raises(ValueError, match="same number of edges"):
         ops.edge_aggregate(k, a[:3], src, dst, 6)
+
+
+def test_torch_scatter_backend_matches_native(monkeypatch):
+    pytest.importorskip("torch_scatter")  # optional extra: pip install gtpe[scatter]
+    g = torch.Generator().manual_seed(0)
+    index = torch.randint(0, 7, (50,), generator=g)  # segment 7..9 empty
+    src = torch.randn(50, 3, 4, generator=g)
+    native = [f(src, index, 10) for f in (ops.scatter_sum, ops.scatter_max, ops.scatter_mean,
+                                          ops.scatter_softmax)]
+    monkeypatch.setattr(ops, "_BACKEND", "torch_scatter")
+    ext = [f(src, index, 10) for f in (ops.scatter_sum, ops.scatter_max, ops.scatter_mean,
+                                       ops.scatter_softmax)]
+    for a, b in zip(native, ext):
+        torch.testing.assert_close(a, b)
