@@ -15,9 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ['TEMP_GLOB', 'atomic_write', 'remove_stale_temporaries']
+__all__ = ['STALE_SECONDS', 'TEMP_GLOB', 'atomic_write', 'remove_stale_temporaries']
 
 TEMP_GLOB = '.*.tmp'  # names of atomic_write's temporary files
+# where other processes may be writing (shared caches): a temporary untouched this long belongs
+# to a killed writer
+STALE_SECONDS = 3600
 
 
 def _file_mode() -> int:

@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 from torch_geometric.data import Batch, Data
 
 from gtpe.transforms import AddRRWP
+from graph_utils import permuted
 
 SETTINGS = settings(max_examples=15, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -130,12 +131,7 @@ def dense_pairs(out, n, K):
 def test_permutation_equivariance(d, rnd):
     n, K = d.num_nodes, 6
     perm = torch.tensor(rnd.sample(range(n), n), dtype=torch.long)
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(n)
-    order = torch.randperm(d.edge_index.size(1), generator=torch.Generator().manual_seed(1))
-    d_p = Data(edge_index=inv[d.edge_index][:, order], num_nodes=n)
-    if getattr(d, 'edge_weight', None) is not None:
-        d_p.edge_weight = d.edge_weight[order]
+    d_p = permuted(d, perm)
     for t in (AddRRWP(K), AddRRWP(K, dense_max_nodes=0)):   # dense and sparse paths
         out, out_p = t(d.clone()), t(d_p)
         np.testing.assert_allclose(out_p.rrwp.numpy(), out.rrwp[perm].numpy(), atol=1e-6)

@@ -9,6 +9,7 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import AddRandomWalkPE
 
 from gtpe.transforms import AddExpanderEdges, AddRWSE
+from graph_utils import permuted
 
 SETTINGS = settings(max_examples=15, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -189,17 +190,6 @@ def test_auto_selects_mc_above_threshold():
     t = AddRWSE(6, exact_max_nodes=1000)
     assert [t._graph_method(n) for n in (20, 500, 2000)] == ['dense', 'exact', 'mc']
     assert AddRWSE(6, method='exact')._graph_method(10 ** 6) == 'exact'
-
-
-def permuted(d, perm):
-    """``d`` with node ``i`` of the result = node ``perm[i]`` of ``d`` (edges shuffled too)."""
-    inv = torch.empty_like(perm)
-    inv[perm] = torch.arange(perm.numel())
-    order = torch.randperm(d.edge_index.size(1), generator=torch.Generator().manual_seed(1))
-    out = Data(edge_index=inv[d.edge_index][:, order], num_nodes=d.num_nodes)
-    if getattr(d, 'edge_weight', None) is not None:
-        out.edge_weight = d.edge_weight[order]
-    return out
 
 
 @SETTINGS

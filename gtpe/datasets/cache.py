@@ -20,12 +20,11 @@ from typing import Any
 
 import torch
 
-from gtpe._atomic import atomic_write, remove_stale_temporaries
+from gtpe._atomic import STALE_SECONDS, atomic_write, remove_stale_temporaries
 
 FORMAT_VERSION = 1
 DATA_FILE = 'data.pt'
 MANIFEST_FILE = 'manifest.json'
-STALE_TEMP_SECONDS = 3600  # a temporary file untouched this long belongs to a killed writer
 
 log = logging.getLogger('gtpe.datasets')
 
@@ -125,7 +124,7 @@ def save_cached(folder: Path, key: dict, obj: Any, info: dict | None = None) -> 
     """Write ``obj`` (tensors, dicts, lists, str/int/float only) and then its manifest."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(folder, older_than=STALE_TEMP_SECONDS)  # from killed builds
+    remove_stale_temporaries(folder, older_than=STALE_SECONDS)  # from killed builds
     data_path = folder / DATA_FILE
     # An old manifest must not vouch for a half-replaced data file: drop it first.
     try:

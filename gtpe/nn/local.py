@@ -87,10 +87,8 @@ class GINE(torch.nn.Module):
                 )
             msg = msg.add_(edge_attr)
         msg = msg.relu_()
-        if self.train_eps or self.initial_eps != 0.0:
-            out = scatter_sum(msg, dst, x.size(0)) + (1 + self.eps) * x
-        else:
-            out = scatter_sum(msg, dst, x.size(0)) + x
+        out = scatter_sum(msg, dst, x.size(0))
+        out = out + ((1 + self.eps) * x if self.train_eps or self.initial_eps != 0.0 else x)
         return self.nn(out)
 
     def __repr__(self) -> str:

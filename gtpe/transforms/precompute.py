@@ -37,7 +37,7 @@ from torch import Tensor
 from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import Compose
 
-from gtpe._atomic import atomic_write, remove_stale_temporaries
+from gtpe._atomic import STALE_SECONDS, atomic_write, remove_stale_temporaries
 from gtpe.transforms._sparse import single_thread
 
 _MAGIC = b'GTPE-PE-CACHE v1\n'
@@ -405,8 +405,7 @@ def _write_entry(path: str, payload: dict[str, Any]) -> None:
         f.write(hashlib.sha256(raw).hexdigest().encode() + b'\n')
         f.write(raw)
 
-    # temporaries of killed writers (an hour's margin for other processes writing right now)
-    remove_stale_temporaries(os.path.dirname(path) or '.', older_than=3600)
+    remove_stale_temporaries(os.path.dirname(path) or '.', older_than=STALE_SECONDS)
     atomic_write(path, write)
 
 
