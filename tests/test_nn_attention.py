@@ -45,7 +45,7 @@ def _grad_check_all_params(module, loss):
 
 
 # ----------------------------------------------------------------------------- FullAttention
-STRATEGIES = ["auto", "fused", "sdpa", "pad", "pairs", "block"]
+STRATEGIES = ["auto", "kernel", "fused", "sdpa", "pad", "pairs", "block"]
 
 
 def _mha_pair(strategy, dtype=torch.float64, bias=True):
@@ -181,6 +181,97 @@ def test_full_fused_path_gradients_and_buckets():
     qkv = torch.randn(b.numel(), 3 * C, dtype=torch.float64, requires_grad=True)
     plan = _fused_plan(info, H, qkv, auto=True)
     assert torch.autograd.gradcheck(lambda t: _FusedAttention.apply(t, plan, C // H), (qkv,))
+
+
+def _kernel_available():
+    from gtpe.nn.attention.full import _kernel
+
+    return _kernel(torch.float32) is not None and _kernel(torch.float64) is not None
+
+
+@pytest.mark.parametrize("channels,heads", [(8, 2), (64, 4), (40, 2)])  # head dim 4, 16, 20
+def test_full_kernel_matches_dense_reference(channels, heads):
+    """The compiled kernel (strategy 'kernel') against the padded SDPA path, float64 and
+    float32, with graph sizes that cross vector boundaries (1, 15, 16, 17, 70), an empty graph
+    id and head dims below, equal to and above one vector; then a float64 gradcheck."""
+    if not _kernel_available():
+        pytest.fail("the C kernel could not be built here (see the RuntimeWarning)")
+    from gtpe.nn.attention.full import _KernelAttention, _KernelPlan
+
+    sizes = [17, 1, 0, 70, 16, 15, 3]
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-5)):
+        torch.manual_seed(0)
+        kern = FullAttention(channels, heads=heads, strategy="kernel").to(dtype)
+        ref = FullAttention(channels, heads=heads, strategy="pad").to(dtype)
+        with torch.no_grad():
+            kern.in_proj_bias.normal_()
+        ref.load_state_dict(kern.state_dict())
+        x = torch.randn(batch.numel(), channels, dtype=dtype) * 3
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        o1, o2 = kern(x1, batch), ref(x2, batch)
+        torch.testing.assert_close(o1, o2, rtol=tol, atol=tol)
+        w = torch.randn_like(o1)
+        (o1 * w).sum().backward()
+        (o2 * w).sum().backward()
+        torch.testing.assert_close(x1.grad, x2.grad, rtol=tol, atol=tol)
+        for (n, p1), p2 in zip(kern.named_parameters(), ref.parameters(), strict=True):
+            torch.testing.assert_close(p1.grad, p2.grad, rtol=tol, atol=10 * tol, msg=n)
+        with torch.no_grad():  # inference keeps no probabilities: same output
+            torch.testing.assert_close(kern(x, batch), o1.detach())
+    small = [2, 0, 5, 1, 3]
+    plan = _KernelPlan(small, heads)
+    qkv = torch.randn(sum(small), 3 * channels, dtype=torch.float64, requires_grad=True)
+    D = channels // heads
+    assert torch.autograd.gradcheck(lambda t: _KernelAttention.apply(t, plan, D, True), (qkv,))
+
+
+def test_full_kernel_large_scores_and_threads(monkeypatch):
+    """Scores of +-1e4 (softmax must subtract the row max; exp underflows to exactly 0) and a
+    batch split over two threads give the single-thread result bit for bit."""
+    if not _kernel_available():
+        pytest.fail("the C kernel could not be built here (see the RuntimeWarning)")
+    from gtpe.nn.attention import full
+
+    sizes = [30, 5, 41, 12, 9, 33]
+    _, batch = _batch(sizes)
+    kern = FullAttention(16, heads=2, strategy="kernel")
+    ref = FullAttention(16, heads=2, strategy="pad")
+    ref.load_state_dict(kern.state_dict())
+    x = torch.randn(batch.numel(), 16) * 300
+    torch.testing.assert_close(kern(x, batch), ref(x, batch), rtol=1e-4, atol=1e-3)
+    x1 = x.clone().requires_grad_()
+    o1 = kern(x1, batch)
+    o1.sum().backward()
+    monkeypatch.setattr(full, "_KERNEL_PARALLEL_MIN", 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        plan = full._KernelPlan(sizes, 2)
+        assert len(plan.chunks) == 2 and plan.chunks[0][0] == 0 and plan.chunks[-1][1] == len(sizes)
+        x2 = x.clone().requires_grad_()
+        o2 = kern(x2, batch)  # a fresh layout: planned with two chunks
+        o2.sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(o1, o2) and torch.equal(x1.grad, x2.grad)
+
+
+def test_full_kernel_falls_back_without_a_compiler(monkeypatch):
+    """No C compiler: 'kernel' (and 'auto') warn once and compute the same on the torch path."""
+    from gtpe import _native
+    from gtpe.nn.attention import full
+
+    monkeypatch.setattr(full, "_kernels", {})
+    monkeypatch.setattr(_native, "_loaded", {})
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    _, kern = _mha_pair("kernel")
+    _, ref = _mha_pair("pad")
+    x, batch = _batch([4, 7])
+    with pytest.warns(RuntimeWarning, match="no C compiler"):
+        out = kern(x, batch)
+    torch.testing.assert_close(out, ref(x, batch))
+    assert full._kernels[torch.float64] is None
 
 
 def test_full_layout_cache_is_shared():

@@ -1,0 +1,145 @@
+"""Small C kernels compiled on first use, cached per machine, loaded with :mod:`ctypes`.
+
+gtpe ships plain C sources (no torch headers, no Python API) next to the modules that use them.
+:func:`load` compiles one with the system C compiler (``$CC``, else ``cc``) into
+``$GTPE_NATIVE_CACHE`` (default ``~/.cache/gtpe/native``), keyed by the source, the flags,
+the compiler and the CPU, so a cache shared between machines never runs code built for another
+CPU.  Compiling takes about a second and happens once; the file is written atomically, so
+concurrent processes (DDP ranks, test workers) are safe.
+
+When there is no compiler or the build fails, :func:`load` returns ``None`` and warns once;
+callers then use their pure-torch path, which computes the same result more slowly.  Set
+``GTPE_NATIVE=0`` to never compile or load anything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+__all__ = ["enabled", "load"]
+
+# -fopenmp-simd: only the `#pragma omp simd` hints (no OpenMP runtime, no threads).
+_FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd",
+          "-ffp-contract=fast"]
+_lock = threading.Lock()
+_loaded: dict[tuple, ctypes.CDLL | None] = {}
+
+
+def enabled() -> bool:
+    """False when ``GTPE_NATIVE=0`` (or ``false``/``no``/``off``)."""
+    return os.environ.get("GTPE_NATIVE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("GTPE_NATIVE_CACHE")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "gtpe" / "native"
+
+
+def _cpu_signature() -> str:
+    """What ``-march=native`` depends on: the CPU model and its feature flags."""
+    sig = [platform.machine(), platform.system()]
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    sig.append(line.strip())
+                if len(sig) >= 5:
+                    break
+    except OSError:
+        sig.append(platform.processor())
+    return "\n".join(sig)
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC") or "cc"
+    return shutil.which(cc)
+
+
+def load(source: Path, defines: dict[str, str] | None = None) -> ctypes.CDLL | None:
+    """Compile ``source`` (a C file) with ``-D`` ``defines`` and load it; ``None`` when disabled
+    or when it cannot be built (a :class:`RuntimeWarning` says why, once per source/defines)."""
+    if not enabled():
+        return None
+    defines = dict(defines or {})
+    key = (str(source), tuple(sorted(defines.items())), os.environ.get("CC"))
+    with _lock:
+        if key not in _loaded:
+            _loaded[key] = _build_and_load(Path(source), defines)
+        return _loaded[key]
+
+
+def _build_and_load(source: Path, defines: dict[str, str]) -> ctypes.CDLL | None:
+    cc = _compiler()
+    what = f"{source.name} ({' '.join(f'{k}={v}' for k, v in sorted(defines.items()))})"
+    if cc is None:
+        _warn(f"no C compiler found (set CC or install gcc) to build {what}")
+        return None
+    flags = _FLAGS + [f"-D{k}={v}" for k, v in sorted(defines.items())]
+    try:
+        version = subprocess.run(
+            [cc, "--version"], capture_output=True, text=True, timeout=60
+        ).stdout.splitlines()[:1]
+    except (OSError, subprocess.SubprocessError) as exc:
+        _warn(f"cannot run the C compiler {cc}: {exc}")
+        return None
+    h = hashlib.sha256()
+    for part in (source.read_bytes(), " ".join(flags).encode(), cc.encode(), str(version).encode(),
+                 _cpu_signature().encode(), sys.platform.encode()):
+        h.update(part)
+        h.update(b"\0")
+    cache = _cache_dir()
+    lib = cache / f"{source.stem}-{h.hexdigest()[:16]}{'.dylib' if sys.platform == 'darwin' else '.so'}"
+    if not lib.exists():
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{lib.name}.", suffix=".tmp")
+            os.close(fd)
+        except OSError as exc:
+            _warn(f"cannot write the kernel cache {cache}: {exc}")
+            return None
+        try:
+            proc = subprocess.run(
+                [cc, *flags, str(source), "-o", tmp, "-lm"],
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            if proc.returncode != 0:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+                _warn(f"building {what} with {cc} failed:\n" + "\n".join(tail))
+                return None
+            os.chmod(tmp, 0o755)
+            os.replace(tmp, lib)
+        except (OSError, subprocess.SubprocessError) as exc:
+            _warn(f"building {what} with {cc} failed: {exc}")
+            return None
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    try:
+        return ctypes.CDLL(str(lib))
+    except OSError as exc:
+        _warn(f"cannot load {lib}: {exc}")
+        return None
+
+
+def _warn(msg: str) -> None:
+    warnings.warn(
+        f"gtpe: {msg}; using the (slower) pure-torch path instead. Set GTPE_NATIVE=0 to "
+        "silence this.",
+        RuntimeWarning,
+        stacklevel=4,
+    )
