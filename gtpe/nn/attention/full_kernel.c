@@ -48,56 +48,100 @@ static inline void vstore(real *p, vec v) { *(vec_u *)p = v; }
 static inline vec vzero(void) { return (vec){0}; }
 static inline int64_t round_up(int64_t n) { return (n + VLEN - 1) / VLEN * VLEN; }
 
-/* exp(x - m) for the whole vectors of row[0 .. Lp), in place; returns their sum.  Entries
- * are <= 0 after max subtraction; -inf (padding) gives 0.  float: range reduction by ln 2 and
- * Cephes' degree-6 expf polynomial (relative error < 2e-7) on whole vectors; below -87 the
- * result is 0 (exp(-87) ~ 1.6e-38).  double: libm's exp (the float64 build is for tests). */
-static inline real exp_shifted_sum(real *row, int64_t Lp, real m) {
 #if defined(REAL_IS_DOUBLE)
-    real sum = 0;
-    for (int64_t j = 0; j < Lp; ++j) sum += row[j] = exp(row[j] - m);
-    return sum;
+typedef int64_t ivec __attribute__((vector_size(64)));
 #else
-    typedef int32_t ivec __attribute__((vector_size(64)));
-    vec sum = vzero();
-    for (int64_t j0 = 0; j0 < Lp; j0 += VLEN) {
-        vec x = vload(row + j0) - m;
-        const ivec under = x < -87.0f;
-        x = (vec)((ivec)x & ~under);               /* underflowing lanes: x = 0 for now */
-        vec t = x * 1.44269504088896341f - 0.5f; /* x / ln 2, rounded below by truncation */
-        const ivec n = __builtin_convertvector(t, ivec);
-        const vec fn = __builtin_convertvector(n, vec);
-        vec r = x - fn * 0.693359375f + fn * 2.12194440e-4f; /* x - n ln 2, ln 2 in two parts */
-        vec p = 1.9875691500e-4f * r + 1.3981999507e-3f;
-        p = p * r + 8.3334519073e-3f;
-        p = p * r + 4.1665795894e-2f;
-        p = p * r + 1.6666665459e-1f;
-        p = p * r + 5.0000001201e-1f;
-        p = p * r * r + r + 1.0f;
-        const vec e = (vec)((ivec)(p * (vec)((n + 127) << 23)) & ~under); /* times 2^n; 0 below */
-        vstore(row + j0, e);
-        sum += e;
-    }
-    real total = 0;
-    for (int64_t l = 0; l < VLEN; ++l) total += sum[l];
-    return total;
+typedef int32_t ivec __attribute__((vector_size(64)));
+#endif
+
+static inline vec vmax(vec a, vec b) {
+    const ivec a_larger = a > b;
+    return (vec)(((ivec)a & a_larger) | ((ivec)b & ~a_larger));
+}
+
+/* Horizontal reductions by halving the vector width (stays in registers). */
+typedef real vec32 __attribute__((vector_size(32)));
+typedef real vec16 __attribute__((vector_size(16)));
+#define QLEN ((int64_t)(16 / sizeof(real)))
+
+static inline vec16 quarter_sum(vec v) {
+    const union { vec v; vec32 h[2]; } a = {v};
+    const union { vec32 v; vec16 h[2]; } b = {a.h[0] + a.h[1]};
+    return b.h[0] + b.h[1];
+}
+
+static inline real hsum(vec v) {
+    const vec16 q = quarter_sum(v);
+    real s = q[0];
+    for (int64_t l = 1; l < QLEN; ++l) s += q[l];
+    return s;
+}
+
+static inline vec16 vmax16(vec16 a, vec16 b) {
+    typedef __typeof__(a > b) mask16;
+    const mask16 a_larger = a > b;
+    return (vec16)(((mask16)a & a_larger) | ((mask16)b & ~a_larger));
+}
+
+static inline real hmax(vec v) {
+    const union { vec v; vec32 h[2]; } a = {v};
+    const vec32 a0 = a.h[0], a1 = a.h[1];
+    typedef __typeof__(a0 > a1) mask32;
+    const mask32 larger = a0 > a1;
+    const union { vec32 v; vec16 h[2]; } b = {(vec32)(((mask32)a0 & larger) | ((mask32)a1 & ~larger))};
+    const vec16 q = vmax16(b.h[0], b.h[1]);
+    real m = q[0];
+    for (int64_t l = 1; l < QLEN; ++l) m = q[l] > m ? q[l] : m;
+    return m;
+}
+
+/* exp(x) on a vector of x <= 0 (scores after max subtraction).
+ * float: range reduction by ln 2 and Cephes' degree-6 expf polynomial (relative error < 2e-7);
+ * below -87 the result is 0 (exp(-87) ~ 1.6e-38).  double: libm's exp per lane (the float64
+ * build is for tests). */
+static inline vec vexp_nonpos(vec x) {
+#if defined(REAL_IS_DOUBLE)
+    for (int64_t l = 0; l < VLEN; ++l) x[l] = exp(x[l]);
+    return x;
+#else
+    const ivec under = x < -87.0f;
+    x = (vec)((ivec)x & ~under);               /* underflowing lanes: x = 0 for now */
+    const vec t = x * 1.44269504088896341f - 0.5f; /* x / ln 2, rounded below by truncation */
+    const ivec n = __builtin_convertvector(t, ivec);
+    const vec fn = __builtin_convertvector(n, vec);
+    const vec r = x - fn * 0.693359375f + fn * 2.12194440e-4f; /* x - n ln 2, ln 2 in two parts */
+    vec p = 1.9875691500e-4f * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    return (vec)((ivec)(p * (vec)((n + 127) << 23)) & ~under); /* times 2^n; 0 below -87 */
 #endif
 }
 
-/* Copy the D columns at src (rows src + j * stride, j < L) into dst [Lp, Dp] (row-major) or,
- * transposed, into dst [Dp, Lp]; the padding is zero. */
-static void pack_rows(real *dst, const real *src, int64_t stride, int64_t L, int64_t D, int64_t Dp) {
+/* Copy the D columns at src (rows src + j * stride, j < L) into dst [rows, Dp] (row-major);
+ * the padding columns and the rows L .. rows are zero. */
+static void pack_rows(real *dst, const real *src, int64_t stride, int64_t L, int64_t rows, int64_t D,
+                      int64_t Dp) {
     for (int64_t j = 0; j < L; ++j) {
-        memcpy(dst + j * Dp, src + j * stride, sizeof(real) * (size_t)D);
-        memset(dst + j * Dp + D, 0, sizeof(real) * (size_t)(Dp - D));
+        real *dj = dst + j * Dp;
+        const real *sj = src + j * stride;
+        int64_t d = 0;
+        for (; d + VLEN <= D; d += VLEN) vstore(dj + d, vload(sj + d));
+        for (; d < D; ++d) dj[d] = sj[d];
+        for (; d < Dp; ++d) dj[d] = 0;
     }
+    for (int64_t j = L; j < rows; ++j)
+        for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) vstore(dst + j * Dp + d0, vzero());
 }
 
+/* The same, transposed: dst [Dp, Lp] with dst[d * Lp + j] = src[j * stride + d], zero padding. */
 static void pack_cols(real *dst, const real *src, int64_t stride, int64_t L, int64_t Lp, int64_t D,
                       int64_t Dp) {
     memset(dst, 0, sizeof(real) * (size_t)(Dp * Lp));
-    for (int64_t j = 0; j < L; ++j)
-        for (int64_t d = 0; d < D; ++d) dst[d * Lp + j] = src[j * stride + d];
+    for (int64_t d = 0; d < D; ++d) /* contiguous stores, strided loads */
+        for (int64_t j = 0; j < L; ++j) dst[d * Lp + j] = src[j * stride + d];
 }
 
 /* dst[0 .. n) = v[0 .. n), n <= VLEN */
@@ -111,39 +155,49 @@ static inline void store_first(real *dst, vec v, int64_t n) {
     }
 }
 
-/* sum over t < n of c[t * cs] * x[t * xs .. t * xs + VLEN): four independent accumulators, so
- * that the loop is bound by FMA throughput rather than by the latency of one chain. */
-static inline vec weighted_sum(const real *c, int64_t cs, const real *x, int64_t xs, int64_t n) {
+/* The micro-kernel of every product here: for r < 4,
+ *     acc[r] = sum over t < n of c[r * crs + t * cs] * x[t * xs .. t * xs + VLEN),
+ * i.e. four rows (or columns) of coefficients times n vectors.  Each vector of x is loaded once
+ * for four independent accumulator chains, so the loop runs at FMA throughput. */
+static inline void weighted_sum4(vec acc[4], const real *c, int64_t cs, int64_t crs,
+                                 const real *x, int64_t xs, int64_t n) {
     vec a0 = vzero(), a1 = vzero(), a2 = vzero(), a3 = vzero();
-    int64_t t = 0;
-    for (; t + 4 <= n; t += 4) {
-        a0 += c[t * cs] * vload(x + t * xs);
-        a1 += c[(t + 1) * cs] * vload(x + (t + 1) * xs);
-        a2 += c[(t + 2) * cs] * vload(x + (t + 2) * xs);
-        a3 += c[(t + 3) * cs] * vload(x + (t + 3) * xs);
+    for (int64_t t = 0; t < n; ++t) {
+        const vec v = vload(x + t * xs);
+        const real *ct = c + t * cs;
+        a0 += ct[0] * v;
+        a1 += ct[crs] * v;
+        a2 += ct[2 * crs] * v;
+        a3 += ct[3 * crs] * v;
     }
-    for (; t < n; ++t) a0 += c[t * cs] * vload(x + t * xs);
-    return (a0 + a1) + (a2 + a3);
+    acc[0] = a0, acc[1] = a1, acc[2] = a2, acc[3] = a3;
 }
 
-/* row[0 .. Lp) = a[0 .. D) @ bt[D, Lp] (bt row-major with row length Lp) */
-static inline void row_times(real *row, const real *a, const real *bt, int64_t D, int64_t Lp) {
-    for (int64_t j0 = 0; j0 < Lp; j0 += VLEN) vstore(row + j0, weighted_sum(a, 1, bt + j0, Lp, D));
+/* Lanes j0 + l < L of the vector that starts at j0 (all bits set where valid). */
+static inline ivec valid_lanes(int64_t j0, int64_t L) {
+    static const real lane[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+    return vload(lane) + (real)j0 < (real)L;
 }
 
-/* row[0 .. Lp) = softmax(row[0 .. L)), padded with zeros; Lp a multiple of VLEN.  Written as
- * whole-vector blocks (constant trip count) so that the compiler vectorises them completely. */
+/* row[0 .. Lp) = softmax(row[0 .. L)), padded with zeros; Lp a multiple of VLEN.  Whole
+ * vectors only: the padding lanes are masked, not written one by one. */
 static inline void softmax_row(real *row, int64_t L, int64_t Lp) {
-    for (int64_t j = L; j < Lp; ++j) row[j] = -INFINITY;
-    real m = -INFINITY;
+    const vec minus_inf = vzero() - INFINITY;
+    vec mv = minus_inf;
     for (int64_t j0 = 0; j0 < Lp; j0 += VLEN) {
-#pragma omp simd reduction(max : m)
-        for (int64_t j = j0; j < j0 + VLEN; ++j) m = row[j] > m ? row[j] : m;
+        const ivec valid = valid_lanes(j0, L);
+        const vec x = (vec)(((ivec)vload(row + j0) & valid) | ((ivec)minus_inf & ~valid));
+        mv = vmax(mv, x);
     }
-    const real sum = exp_shifted_sum(row, Lp, m);
-    const real inv = (real)1 / sum;
-    for (int64_t j0 = 0; j0 < Lp; j0 += VLEN)
-        for (int64_t j = j0; j < j0 + VLEN; ++j) row[j] *= inv;
+    const real m = hmax(mv);
+    vec sum = vzero();
+    for (int64_t j0 = 0; j0 < Lp; j0 += VLEN) {
+        const vec e = (vec)((ivec)vexp_nonpos(vload(row + j0) - m) & valid_lanes(j0, L));
+        vstore(row + j0, e);
+        sum += e;
+    }
+    const real inv = (real)1 / hsum(sum);
+    for (int64_t j0 = 0; j0 < Lp; j0 += VLEN) vstore(row + j0, vload(row + j0) * inv);
 }
 
 static int64_t max_len(const int64_t *ptr, int64_t g0, int64_t g1) {
@@ -153,32 +207,51 @@ static int64_t max_len(const int64_t *ptr, int64_t g0, int64_t g1) {
     return m;
 }
 
-/* probs may be NULL (inference): P is then kept one row at a time.  Returns 0, or -1 when the
- * scratch buffer cannot be allocated. */
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
+/* probs may be NULL (inference).  Returns 0, or -1 when the scratch cannot be allocated. */
 int FN(gtpe_full_attention_forward)(const real *qkv, const int64_t *ptr, const int64_t *poff,
                                     int64_t g0, int64_t g1, int64_t H, int64_t D, real scale,
                                     real *out, real *probs) {
     const int64_t C = H * D, S = 3 * C, Dp = round_up(D);
     const int64_t Lmax = round_up(max_len(ptr, g0, g1));
-    real *kt = malloc(sizeof(real) * (size_t)(2 * Dp * Lmax + Lmax + D));
+    /* K^T [Dp, Lp];  V [Lp, Dp];  4 scaled query rows [4, D];  4 score rows [4, Lp] */
+    real *kt = calloc((size_t)(2 * Dp * Lmax + 4 * D + 4 * Lmax), sizeof(real));
     if (!kt) return -1;
-    real *vb = kt + Dp * Lmax, *row = vb + Dp * Lmax, *qs = row + Lmax;
+    real *vb = kt + Dp * Lmax, *qs = vb + Dp * Lmax, *rows = qs + 4 * D;
     for (int64_t g = g0; g < g1; ++g) {
         const int64_t L = ptr[g + 1] - ptr[g], Lp = round_up(L);
         if (L == 0) continue;
         const real *base = qkv + ptr[g] * S;
         for (int64_t h = 0; h < H; ++h) {
-            pack_cols(kt, base + C + h * D, S, L, Lp, D, Dp);  /* K^T [Dp, Lp] */
-            pack_rows(vb, base + 2 * C + h * D, S, L, D, Dp); /* V [L, Dp] */
-            for (int64_t i = 0; i < L; ++i) {
-                const real *qi = base + i * S + h * D;
-                for (int64_t d = 0; d < D; ++d) qs[d] = qi[d] * scale;
-                row_times(row, qs, kt, D, Lp); /* scores of query i, [Lp] */
-                softmax_row(row, L, Lp);
-                if (probs) memcpy(probs + poff[g] + (h * L + i) * L, row, sizeof(real) * (size_t)L);
-                real *oi = out + (ptr[g] + i) * C + h * D;
-                for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) /* O_i = sum_j P_ij V_j */
-                    store_first(oi + d0, weighted_sum(row, 1, vb + d0, Dp, L), D - d0 < VLEN ? D - d0 : VLEN);
+            pack_cols(kt, base + C + h * D, S, L, Lp, D, Dp);
+            const real *vrows = base + 2 * C + h * D; /* V [L, D] with row stride vs */
+            int64_t vs = S;
+            if (D != Dp) { /* not whole vectors: a zero-padded copy */
+                pack_rows(vb, vrows, S, L, L, D, Dp);
+                vrows = vb, vs = Dp;
+            }
+            for (int64_t i0 = 0; i0 < L; i0 += 4) { /* four query rows at a time */
+                const int64_t nr = MIN(4, L - i0);
+                vec acc[4];
+                for (int64_t r = 0; r < 4; ++r)
+                    for (int64_t d = 0; d < D; ++d)
+                        qs[r * D + d] = r < nr ? base[(i0 + r) * S + h * D + d] * scale : 0;
+                for (int64_t j0 = 0; j0 < Lp; j0 += VLEN) { /* scores S = scale Q K^T */
+                    weighted_sum4(acc, qs, 1, D, kt + j0, Lp, D);
+                    for (int64_t r = 0; r < 4; ++r) vstore(rows + r * Lp + j0, acc[r]);
+                }
+                for (int64_t r = 0; r < nr; ++r) {
+                    softmax_row(rows + r * Lp, L, Lp);
+                    if (probs)
+                        memcpy(probs + poff[g] + (h * L + i0 + r) * L, rows + r * Lp,
+                               sizeof(real) * (size_t)L);
+                }
+                for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) { /* O = P V */
+                    weighted_sum4(acc, rows, 1, Lp, vrows + d0, vs, L);
+                    for (int64_t r = 0; r < nr; ++r)
+                        store_first(out + (ptr[g] + i0 + r) * C + h * D + d0, acc[r], MIN(VLEN, D - d0));
+                }
             }
         }
     }
@@ -191,39 +264,58 @@ int FN(gtpe_full_attention_backward)(const real *qkv, const int64_t *ptr, const 
                                      const real *probs, const real *grad_out, real *grad_qkv) {
     const int64_t C = H * D, S = 3 * C, Dp = round_up(D);
     const int64_t Lmax = round_up(max_len(ptr, g0, g1));
-    /* Q, K, dO [L, Dp];  V^T [Dp, Lp];  dS [L, Lp] */
-    real *qb = malloc(sizeof(real) * (size_t)(4 * Dp * Lmax + Lmax * Lmax));
+    /* Q, K, dO [Lp, Dp];  V^T [Dp, Lp];  P, dS [Lp, Lp] */
+    real *qb = calloc((size_t)(4 * Dp * Lmax + 2 * Lmax * Lmax), sizeof(real));
     if (!qb) return -1;
-    real *kb = qb + Dp * Lmax, *dob = kb + Dp * Lmax, *vt = dob + Dp * Lmax, *ds = vt + Dp * Lmax;
+    real *kb = qb + Dp * Lmax, *dob = kb + Dp * Lmax, *vt = dob + Dp * Lmax;
+    real *pb = vt + Dp * Lmax, *ds = pb + Lmax * Lmax;
     for (int64_t g = g0; g < g1; ++g) {
-        const int64_t L = ptr[g + 1] - ptr[g], Lp = round_up(L);
+        const int64_t L = ptr[g + 1] - ptr[g], Lp = round_up(L), L4 = (L + 3) / 4 * 4;
         if (L == 0) continue;
         const real *base = qkv + ptr[g] * S;
         real *gbase = grad_qkv + ptr[g] * S;
         for (int64_t h = 0; h < H; ++h) {
-            const real *P = probs + poff[g] + h * L * L;
-            pack_rows(qb, base + h * D, S, L, D, Dp);
-            pack_rows(kb, base + C + h * D, S, L, D, Dp);
-            pack_cols(vt, base + 2 * C + h * D, S, L, Lp, D, Dp);
-            pack_rows(dob, grad_out + ptr[g] * C + h * D, C, L, D, Dp);
-            for (int64_t i = 0; i < L; ++i) {
-                const real *pi = P + i * L;
-                real *dsi = ds + i * Lp;
-                row_times(dsi, dob + i * Dp, vt, D, Lp); /* dP_i = dO_i V^T */
-                real delta = 0;
-#pragma omp simd reduction(+ : delta)
-                for (int64_t j = 0; j < L; ++j) delta += pi[j] * dsi[j];
-                for (int64_t j = 0; j < L; ++j) dsi[j] = pi[j] * (dsi[j] - delta) * scale;
-                real *dqi = gbase + i * S + h * D;
-                for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) /* dQ_i = sum_j dS_ij K_j */
-                    store_first(dqi + d0, weighted_sum(dsi, 1, kb + d0, Dp, L), D - d0 < VLEN ? D - d0 : VLEN);
+            const real *qrows = base + h * D, *krows = base + C + h * D; /* row stride qs */
+            int64_t qs = S;
+            if (D != Dp) { /* not whole vectors: zero-padded copies */
+                pack_rows(qb, qrows, S, L, L, D, Dp);
+                pack_rows(kb, krows, S, L, L, D, Dp);
+                qrows = qb, krows = kb, qs = Dp;
             }
-            for (int64_t j = 0; j < L; ++j) { /* dK_j = sum_i dS_ij Q_i;  dV_j = sum_i P_ij dO_i */
-                real *dkj = gbase + j * S + C + h * D, *dvj = gbase + j * S + 2 * C + h * D;
-                for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) {
-                    const int64_t n = D - d0 < VLEN ? D - d0 : VLEN;
-                    store_first(dkj + d0, weighted_sum(ds + j, Lp, qb + d0, Dp, L), n);
-                    store_first(dvj + d0, weighted_sum(P + j, L, dob + d0, Dp, L), n);
+            pack_rows(dob, grad_out + ptr[g] * C + h * D, C, L, L4, D, Dp);
+            pack_cols(vt, base + 2 * C + h * D, S, L, Lp, D, Dp);
+            pack_rows(pb, probs + poff[g] + h * L * L, L, L, L, L, Lp);
+            for (int64_t i0 = 0; i0 < L; i0 += 4) { /* four query rows at a time */
+                const int64_t nr = MIN(4, L - i0);
+                vec acc[4];
+                for (int64_t j0 = 0; j0 < Lp; j0 += VLEN) { /* dP = dO V^T */
+                    weighted_sum4(acc, dob + i0 * Dp, 1, Dp, vt + j0, Lp, D);
+                    for (int64_t r = 0; r < 4; ++r) vstore(ds + (i0 + r) * Lp + j0, acc[r]);
+                }
+                for (int64_t r = 0; r < nr; ++r) { /* dS = P (dP - rowsum(P dP)), scaled */
+                    const real *pi = pb + (i0 + r) * Lp;
+                    real *dsi = ds + (i0 + r) * Lp, delta = 0;
+#pragma omp simd reduction(+ : delta)
+                    for (int64_t j = 0; j < L; ++j) delta += pi[j] * dsi[j];
+                    for (int64_t j = 0; j < Lp; ++j) dsi[j] = pi[j] * (dsi[j] - delta) * scale;
+                }
+                for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) { /* dQ = dS K */
+                    weighted_sum4(acc, ds + i0 * Lp, 1, Lp, krows + d0, qs, L);
+                    for (int64_t r = 0; r < nr; ++r)
+                        store_first(gbase + (i0 + r) * S + h * D + d0, acc[r], MIN(VLEN, D - d0));
+                }
+            }
+            for (int64_t j0 = 0; j0 < L; j0 += 4) { /* four key rows at a time */
+                const int64_t nc = MIN(4, L - j0);
+                vec acck[4], accv[4];
+                for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) { /* dK = dS^T Q;  dV = P^T dO */
+                    weighted_sum4(acck, ds + j0, Lp, 1, qrows + d0, qs, L);
+                    weighted_sum4(accv, pb + j0, Lp, 1, dob + d0, Dp, L);
+                    for (int64_t c = 0; c < nc; ++c) {
+                        real *row = gbase + (j0 + c) * S + h * D + d0;
+                        store_first(row + C, acck[c], MIN(VLEN, D - d0));
+                        store_first(row + 2 * C, accv[c], MIN(VLEN, D - d0));
+                    }
                 }
             }
         }
