@@ -26,7 +26,7 @@ import threading
 import warnings
 from pathlib import Path
 
-__all__ = ["enabled", "load"]
+__all__ = ["enabled", "load", "torch_uses_gnu_openmp"]
 
 # -fopenmp-simd: only the `#pragma omp simd` hints (no OpenMP runtime, no threads).
 _FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp-simd",
@@ -68,32 +68,51 @@ def _compiler() -> str | None:
     return shutil.which(cc)
 
 
-def load(source: Path, defines: dict[str, str] | None = None) -> ctypes.CDLL | None:
+def torch_uses_gnu_openmp() -> bool:
+    """True when GNU OpenMP (``libgomp.so.1``, torch's parallel backend in the PyPI wheels) is
+    loaded in this process.  A library built with ``-fopenmp`` then binds to that same runtime
+    (the dynamic loader reuses a loaded soname), so it shares torch's threads and
+    ``torch.set_num_threads`` instead of starting a second, competing pool."""
+    try:
+        with open("/proc/self/maps") as f:
+            return "libgomp" in f.read()
+    except OSError:  # not Linux
+        return False
+
+
+def load(source: Path, defines: dict[str, str] | None = None, openmp: bool = False) -> ctypes.CDLL | None:
     """Compile ``source`` (a C file) with ``-D`` ``defines`` and load it; ``None`` when disabled
-    or when it cannot be built (a :class:`RuntimeWarning` says why, once per source/defines)."""
+    or when it cannot be built (a :class:`RuntimeWarning` says why, once per source/defines).
+    ``openmp=True``: build with ``-fopenmp`` where :func:`torch_uses_gnu_openmp` (else, or if
+    that build fails, without: the ``omp`` pragmas are then ignored)."""
     if not enabled():
         return None
     defines = dict(defines or {})
-    key = (str(source), tuple(sorted(defines.items())), os.environ.get("CC"))
+    openmp = openmp and torch_uses_gnu_openmp()
+    key = (str(source), tuple(sorted(defines.items())), os.environ.get("CC"), openmp)
     with _lock:
         if key not in _loaded:
-            _loaded[key] = _build_and_load(Path(source), defines)
+            lib = _build_and_load(Path(source), defines, ["-fopenmp"], quiet=True) if openmp else None
+            _loaded[key] = lib or _build_and_load(Path(source), defines, [])
         return _loaded[key]
 
 
-def _build_and_load(source: Path, defines: dict[str, str]) -> ctypes.CDLL | None:
+def _build_and_load(
+    source: Path, defines: dict[str, str], extra: list[str], quiet: bool = False
+) -> ctypes.CDLL | None:
+    warn = (lambda msg: None) if quiet else _warn
     cc = _compiler()
     what = f"{source.name} ({' '.join(f'{k}={v}' for k, v in sorted(defines.items()))})"
     if cc is None:
-        _warn(f"no C compiler found (set CC or install gcc) to build {what}")
+        warn(f"no C compiler found (set CC or install gcc) to build {what}")
         return None
-    flags = _FLAGS + [f"-D{k}={v}" for k, v in sorted(defines.items())]
+    flags = _FLAGS + extra + [f"-D{k}={v}" for k, v in sorted(defines.items())]
     try:
         version = subprocess.run(
             [cc, "--version"], capture_output=True, text=True, timeout=60
         ).stdout.splitlines()[:1]
     except (OSError, subprocess.SubprocessError) as exc:
-        _warn(f"cannot run the C compiler {cc}: {exc}")
+        warn(f"cannot run the C compiler {cc}: {exc}")
         return None
     h = hashlib.sha256()
     for part in (source.read_bytes(), " ".join(flags).encode(), cc.encode(), str(version).encode(),
@@ -108,7 +127,7 @@ def _build_and_load(source: Path, defines: dict[str, str]) -> ctypes.CDLL | None
             fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{lib.name}.", suffix=".tmp")
             os.close(fd)
         except OSError as exc:
-            _warn(f"cannot write the kernel cache {cache}: {exc}")
+            warn(f"cannot write the kernel cache {cache}: {exc}")
             return None
         try:
             proc = subprocess.run(
@@ -119,12 +138,12 @@ def _build_and_load(source: Path, defines: dict[str, str]) -> ctypes.CDLL | None
             )
             if proc.returncode != 0:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-                _warn(f"building {what} with {cc} failed:\n" + "\n".join(tail))
+                warn(f"building {what} with {cc} failed:\n" + "\n".join(tail))
                 return None
             os.chmod(tmp, 0o755)
             os.replace(tmp, lib)
         except (OSError, subprocess.SubprocessError) as exc:
-            _warn(f"building {what} with {cc} failed: {exc}")
+            warn(f"building {what} with {cc} failed: {exc}")
             return None
         finally:
             if os.path.exists(tmp):
@@ -132,7 +151,7 @@ def _build_and_load(source: Path, defines: dict[str, str]) -> ctypes.CDLL | None
     try:
         return ctypes.CDLL(str(lib))
     except OSError as exc:
-        _warn(f"cannot load {lib}: {exc}")
+        warn(f"cannot load {lib}: {exc}")
         return None
 
 

@@ -226,9 +226,10 @@ def test_full_kernel_matches_dense_reference(channels, heads):
     assert torch.autograd.gradcheck(lambda t: _KernelAttention.apply(t, plan, D, True), (qkv,))
 
 
-def test_full_kernel_large_scores_and_threads(monkeypatch):
-    """Scores of +-1e4 (softmax must subtract the row max; exp underflows to exactly 0) and a
-    batch split over two threads give the single-thread result bit for bit."""
+def test_full_kernel_large_scores_and_auto_choice(monkeypatch):
+    """Scores of +-1e4 (softmax must subtract the row max; exp underflows to exactly 0); 'auto'
+    on CPU runs the kernel, except, when it is single-threaded (built without OpenMP), for
+    large batches with more than two torch threads."""
     if not _kernel_available():
         pytest.fail("the C kernel could not be built here (see the RuntimeWarning)")
     from gtpe.nn.attention import full
@@ -240,21 +241,55 @@ def test_full_kernel_large_scores_and_threads(monkeypatch):
     ref.load_state_dict(kern.state_dict())
     x = torch.randn(batch.numel(), 16) * 300
     torch.testing.assert_close(kern(x, batch), ref(x, batch), rtol=1e-4, atol=1e-3)
-    x1 = x.clone().requires_grad_()
-    o1 = kern(x1, batch)
-    o1.sum().backward()
-    monkeypatch.setattr(full, "_KERNEL_PARALLEL_MIN", 1)
+
+    fwd, bwd, _ = full._kernel(torch.float32)
+    monkeypatch.setitem(full._kernels, torch.float32, (fwd, bwd, False))  # as if built without OpenMP
+    calls = []
+    for cls in (full._KernelAttention, full._FusedAttention):
+        monkeypatch.setattr(cls, "apply", lambda *a, _f=cls.apply, _n=cls.__name__: calls.append(_n) or _f(*a))
+    auto = FullAttention(16, heads=2)
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     try:
-        plan = full._KernelPlan(sizes, 2)
-        assert len(plan.chunks) == 2 and plan.chunks[0][0] == 0 and plan.chunks[-1][1] == len(sizes)
-        x2 = x.clone().requires_grad_()
-        o2 = kern(x2, batch)  # a fresh layout: planned with two chunks
-        o2.sum().backward()
+        torch.set_num_threads(1)
+        auto(x, batch)
+        torch.set_num_threads(3)
+        auto(x, batch)  # small batch: still the kernel
+        monkeypatch.setattr(full, "_KERNEL_SERIAL_MAX", 100)
+        auto(x, batch)  # "large" batch, three threads: the multi-threaded matmuls
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(o1, o2) and torch.equal(x1.grad, x2.grad)
+    assert calls == ["_KernelAttention", "_KernelAttention", "_FusedAttention"]
+
+
+def test_full_kernel_on_torch_openmp_threads():
+    """Where torch runs on GNU OpenMP the kernel is built with it, binds to torch's runtime (one
+    libgomp in the process) and gives, on two threads, the one-thread result bit for bit."""
+    if not _kernel_available():
+        pytest.fail("the C kernel could not be built here (see the RuntimeWarning)")
+    from gtpe import _native
+    from gtpe.nn.attention import full
+
+    assert full._kernel(torch.float32)[2] == _native.torch_uses_gnu_openmp()
+    if _native.torch_uses_gnu_openmp():
+        with open("/proc/self/maps") as f:
+            gomps = {line.split()[-1] for line in f if "libgomp" in line}
+        assert len(gomps) == 1, gomps
+    sizes = [60, 61, 3, 62, 59]  # 4 heads: ~59k score entries, above the kernel's serial limit
+    _, batch = _batch(sizes)
+    kern = FullAttention(16, heads=4, strategy="kernel")
+    x = torch.randn(batch.numel(), 16)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            xt = x.clone().requires_grad_()
+            out = kern(xt, batch)
+            out.square().sum().backward()
+            results.append((out.detach(), xt.grad))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
 def test_full_kernel_falls_back_without_a_compiler(monkeypatch):

@@ -22,10 +22,14 @@ How the graphs are batched (``strategy``; all give the same result):
   ``'sdpa'`` path.
 * ``'kernel'``: a small C kernel (``full_kernel.c``, compiled once per machine by
   :mod:`gtpe._native`) that loops over (graph, head) blocks of their own size, straight on the
-  ``[N, 3C]`` projection: no padding, no gathers, one call forward and one backward (split over
-  torch's threads for large batches).  At molecule sizes this is ~3x faster forward + backward
-  than ``'fused'``, whose time goes to per-matrix overhead of tiny batched matmuls and to
-  ``exp``.  Falls back to ``'fused'`` (with a warning) when the kernel is not available.
+  ``[N, 3C]`` projection: no padding, no gathers, one call forward and one backward.  Where
+  torch runs on GNU OpenMP (the PyPI wheels on Linux) the kernel is built with ``-fopenmp`` and
+  spreads the (graph, head) blocks over torch's own OpenMP threads (``torch.set_num_threads``).
+  On a ZINC batch (~750 nodes, 4 heads of 16, one thread) forward + backward take ~0.5 ms
+  against ~1.1 ms for ``'fused'``, whose time goes to the per-matrix overhead of tiny batched
+  matmuls and to ``exp``.  Built without OpenMP the kernel uses one thread, and ``'auto'``
+  sends batches of more than ``2**20`` score entries to ``'fused'`` when torch has more than
+  two threads.  Falls back to ``'fused'`` (with a warning) when the kernel is not available.
 * ``'fused'``: the same size buckets, computed by one :class:`torch.autograd.Function` with a
   hand-written backward: Q/K/V rows are gathered into a padded ``[3, R, D]`` buffer with one
   ``index_select`` (padding rows read any real row; padded keys get a ``-inf`` additive mask),
@@ -60,7 +64,6 @@ from __future__ import annotations
 
 import ctypes
 import math
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -280,39 +283,43 @@ _KERNEL_BUILDS = {  # dtype -> (-D defines, C scalar type)
     torch.float64: ({"REAL": "double", "SUFFIX": "_f64", "REAL_IS_DOUBLE": "1"}, ctypes.c_double),
 }
 _kernels: dict[torch.dtype, tuple | None] = {}
-# Below this many score entries (sum over graphs of H * n_g^2) one thread does the whole batch;
-# above it the graphs are split over torch.get_num_threads() threads.
-_KERNEL_PARALLEL_MIN = 1 << 16
-_pool: ThreadPoolExecutor | None = None
+# 'auto' with more than two torch threads and a kernel built without OpenMP (single-threaded):
+# batches above this many score entries (sum over graphs of H * n_g^2; ~2 ms of work on one
+# core) go to 'fused', whose batched matmuls use every thread.  (Splitting the kernel over
+# Python threads was tried: it gained nothing, torch's OpenMP workers spin on the cores after
+# each op.  Built with OpenMP, the kernel runs on torch's own OpenMP threads instead.)
+_KERNEL_SERIAL_MAX = 1 << 20
 
 
 def _kernel(dtype: torch.dtype) -> tuple | None:
-    """``(forward, backward)`` ctypes functions of ``full_kernel.c`` for ``dtype``, or ``None``
-    (dtype not supported, ``GTPE_NATIVE=0``, or no compiler)."""
+    """``(forward, backward, multithreaded)`` of ``full_kernel.c`` for ``dtype`` (ctypes
+    functions; ``multithreaded``: built with OpenMP, on torch's threads), or ``None`` (dtype not
+    supported, ``GTPE_NATIVE=0``, or no compiler)."""
     if dtype not in _KERNEL_BUILDS or not _native.enabled():
         return None
     if dtype not in _kernels:
         defines, real = _KERNEL_BUILDS[dtype]
-        lib = _native.load(_KERNEL_SOURCE, defines)
+        lib = _native.load(_KERNEL_SOURCE, defines, openmp=True)
         fns = None
         if lib is not None:
-            fwd = getattr(lib, "gtpe_full_attention_forward" + defines["SUFFIX"])
-            bwd = getattr(lib, "gtpe_full_attention_backward" + defines["SUFFIX"])
+            suffix = defines["SUFFIX"]
+            fwd = getattr(lib, "gtpe_full_attention_forward" + suffix)
+            bwd = getattr(lib, "gtpe_full_attention_backward" + suffix)
             p, i64 = ctypes.c_void_p, ctypes.c_int64
             fwd.argtypes = [p, p, p, i64, i64, i64, i64, real, p, p]
             bwd.argtypes = [p, p, p, i64, i64, i64, i64, real, p, p, p]
             fwd.restype = bwd.restype = ctypes.c_int
-            fns = (fwd, bwd)
+            fns = (fwd, bwd, bool(getattr(lib, "gtpe_full_attention_openmp" + suffix)()))
         _kernels[dtype] = fns
     return _kernels[dtype]
 
 
 class _KernelPlan:
     """Host-side index arrays of the ``'kernel'`` path for one ``batch`` and head count: node
-    offsets ``ptr [G+1]``, offsets ``poff [G+1]`` of each graph's ``[H, n_g, n_g]`` block of
-    probabilities, and the graph ranges of the threads."""
+    offsets ``ptr [G+1]`` and offsets ``poff [G+1]`` of each graph's ``[H, n_g, n_g]`` block of
+    probabilities (``entries`` in all)."""
 
-    __slots__ = ("H", "chunks", "entries", "poff", "ptr")
+    __slots__ = ("H", "entries", "poff", "ptr")
 
     def __init__(self, sizes: list[int], H: int) -> None:
         ptr, poff = [0], [0]
@@ -323,30 +330,10 @@ class _KernelPlan:
         self.ptr = torch.tensor(ptr, dtype=torch.int64)
         self.poff = torch.tensor(poff, dtype=torch.int64)
         self.entries = poff[-1]
-        threads = torch.get_num_threads()
-        self.chunks = [(0, len(sizes))]
-        if threads > 1 and self.entries >= _KERNEL_PARALLEL_MIN:  # split by work, not count
-            cuts, t = [0], 1
-            for g in range(len(sizes)):
-                if poff[g + 1] >= t * self.entries / threads and t < threads:
-                    cuts.append(g + 1)
-                    t += 1
-            cuts.append(len(sizes))
-            self.chunks = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
 
 
-def _run_chunks(fn, chunks: list[tuple[int, int]], *args) -> None:
-    """Call ``fn(*head, g0, g1, *tail)`` for every graph range; in parallel when several
-    (ctypes releases the GIL).  ``args`` = ``(head, tail)``."""
-    global _pool
-    head, tail = args
-    if len(chunks) == 1:
-        codes = [fn(*head, *chunks[0], *tail)]
-    else:
-        if _pool is None or _pool._max_workers < len(chunks):
-            _pool = ThreadPoolExecutor(max_workers=len(chunks), thread_name_prefix="gtpe-attn")
-        codes = list(_pool.map(lambda c: fn(*head, *c, *tail), chunks))
-    if any(codes):
+def _check(code: int) -> None:
+    if code != 0:
         raise MemoryError("FullAttention kernel: out of memory for its scratch buffer")
 
 
@@ -356,18 +343,14 @@ class _KernelAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv: Tensor, plan: _KernelPlan, D: int, save: bool) -> Tensor:  # type: ignore[override]
-        fwd, _ = _kernel(qkv.dtype)
+        fwd = _kernel(qkv.dtype)[0]
         qkv = qkv.contiguous()
         N, H = qkv.size(0), plan.H
         out = qkv.new_empty(N, H * D)
         probs = qkv.new_empty(plan.entries) if save else None
-        scale = 1.0 / math.sqrt(D)
-        _run_chunks(
-            fwd,
-            plan.chunks,
-            (qkv.data_ptr(), plan.ptr.data_ptr(), plan.poff.data_ptr()),
-            (H, D, scale, out.data_ptr(), probs.data_ptr() if save else None),
-        )
+        G = plan.ptr.numel() - 1
+        _check(fwd(qkv.data_ptr(), plan.ptr.data_ptr(), plan.poff.data_ptr(), 0, G, H, D,
+                   1.0 / math.sqrt(D), out.data_ptr(), probs.data_ptr() if save else None))
         if save:
             ctx.save_for_backward(qkv, probs)
             ctx.plan, ctx.D = plan, D
@@ -378,15 +361,12 @@ class _KernelAttention(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         qkv, probs = ctx.saved_tensors
         plan, D = ctx.plan, ctx.D
-        _, bwd = _kernel(qkv.dtype)
+        bwd = _kernel(qkv.dtype)[1]
         grad = grad.contiguous()
         gqkv = torch.empty_like(qkv)
-        _run_chunks(
-            bwd,
-            plan.chunks,
-            (qkv.data_ptr(), plan.ptr.data_ptr(), plan.poff.data_ptr()),
-            (plan.H, D, 1.0 / math.sqrt(D), probs.data_ptr(), grad.data_ptr(), gqkv.data_ptr()),
-        )
+        G = plan.ptr.numel() - 1
+        _check(bwd(qkv.data_ptr(), plan.ptr.data_ptr(), plan.poff.data_ptr(), 0, G, plan.H, D,
+                   1.0 / math.sqrt(D), probs.data_ptr(), grad.data_ptr(), gqkv.data_ptr()))
         return gqkv, None, None, None
 
 
@@ -472,6 +452,10 @@ class FullAttention(torch.nn.Module):
             info = _layout(batch, cache)
             if strategy == "auto":
                 strategy = "sdpa" if p > 0.0 or not _fused_pays(info, qkv, self.heads) else "kernel"
+                kernel = _kernel(qkv.dtype) if strategy == "kernel" else None
+                if kernel is not None and not kernel[2] and torch.get_num_threads() > 2:
+                    entries = sum(n * n for n in info["sizes"]) * self.heads
+                    strategy = "fused" if entries > _KERNEL_SERIAL_MAX else "kernel"
             if strategy == "kernel" and (p > 0.0 or qkv.device.type != "cpu" or _kernel(qkv.dtype) is None):
                 strategy = "fused"  # dropout, another device, or no compiled kernel
             if strategy == "kernel":

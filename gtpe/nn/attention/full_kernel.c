@@ -20,11 +20,13 @@
  * No padding between graphs: every (graph, head) block has its own size.  Each block is first
  * copied into small scratch matrices whose rows are padded with zeros to a multiple of one
  * 64-byte vector (GCC/Clang vector extensions), so every inner loop is whole vectors that
- * accumulate in registers.  The functions take a graph range [g0, g1) so that callers can split
- * a batch over threads.
+ * accumulate in registers.  Single-threaded; the functions take a graph range [g0, g1).
  */
 #include <math.h>
 #include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -209,117 +211,165 @@ static int64_t max_len(const int64_t *ptr, int64_t g0, int64_t g1) {
 
 #define MIN(a, b) ((a) < (b) ? (a) : (b))
 
-/* probs may be NULL (inference).  Returns 0, or -1 when the scratch cannot be allocated. */
-int FN(gtpe_full_attention_forward)(const real *qkv, const int64_t *ptr, const int64_t *poff,
-                                    int64_t g0, int64_t g1, int64_t H, int64_t D, real scale,
-                                    real *out, real *probs) {
+/* Work below this many score entries (~80 us) stays on the calling thread. */
+#define PARALLEL_MIN_ENTRIES 32768
+
+/* Threads for a call: with OpenMP (built with -fopenmp; gtpe._native does so where torch itself
+ * runs on GNU OpenMP, whose runtime and threads this library then shares) torch's thread count,
+ * else one. */
+static int threads_for(int64_t entries) {
+#ifdef _OPENMP
+    return entries >= PARALLEL_MIN_ENTRIES ? omp_get_max_threads() : 1;
+#else
+    (void)entries;
+    return 1;
+#endif
+}
+
+static int thread_id(void) {
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+int FN(gtpe_full_attention_openmp)(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* One (graph, head) block of the forward; scratch holds 2 Dp Lmax + 4 D + 4 Lmax reals. */
+static void forward_block(const real *qkv, const int64_t *ptr, const int64_t *poff, int64_t g,
+                          int64_t h, int64_t H, int64_t D, real scale, real *out, real *probs,
+                          real *scratch, int64_t Lmax) {
     const int64_t C = H * D, S = 3 * C, Dp = round_up(D);
-    const int64_t Lmax = round_up(max_len(ptr, g0, g1));
+    const int64_t L = ptr[g + 1] - ptr[g], Lp = round_up(L);
+    if (L == 0) return;
     /* K^T [Dp, Lp];  V [Lp, Dp];  4 scaled query rows [4, D];  4 score rows [4, Lp] */
-    real *kt = calloc((size_t)(2 * Dp * Lmax + 4 * D + 4 * Lmax), sizeof(real));
-    if (!kt) return -1;
-    real *vb = kt + Dp * Lmax, *qs = vb + Dp * Lmax, *rows = qs + 4 * D;
-    for (int64_t g = g0; g < g1; ++g) {
-        const int64_t L = ptr[g + 1] - ptr[g], Lp = round_up(L);
-        if (L == 0) continue;
-        const real *base = qkv + ptr[g] * S;
-        for (int64_t h = 0; h < H; ++h) {
-            pack_cols(kt, base + C + h * D, S, L, Lp, D, Dp);
-            const real *vrows = base + 2 * C + h * D; /* V [L, D] with row stride vs */
-            int64_t vs = S;
-            if (D != Dp) { /* not whole vectors: a zero-padded copy */
-                pack_rows(vb, vrows, S, L, L, D, Dp);
-                vrows = vb, vs = Dp;
-            }
-            for (int64_t i0 = 0; i0 < L; i0 += 4) { /* four query rows at a time */
-                const int64_t nr = MIN(4, L - i0);
-                vec acc[4];
-                for (int64_t r = 0; r < 4; ++r)
-                    for (int64_t d = 0; d < D; ++d)
-                        qs[r * D + d] = r < nr ? base[(i0 + r) * S + h * D + d] * scale : 0;
-                for (int64_t j0 = 0; j0 < Lp; j0 += VLEN) { /* scores S = scale Q K^T */
-                    weighted_sum4(acc, qs, 1, D, kt + j0, Lp, D);
-                    for (int64_t r = 0; r < 4; ++r) vstore(rows + r * Lp + j0, acc[r]);
-                }
-                for (int64_t r = 0; r < nr; ++r) {
-                    softmax_row(rows + r * Lp, L, Lp);
-                    if (probs)
-                        memcpy(probs + poff[g] + (h * L + i0 + r) * L, rows + r * Lp,
-                               sizeof(real) * (size_t)L);
-                }
-                for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) { /* O = P V */
-                    weighted_sum4(acc, rows, 1, Lp, vrows + d0, vs, L);
-                    for (int64_t r = 0; r < nr; ++r)
-                        store_first(out + (ptr[g] + i0 + r) * C + h * D + d0, acc[r], MIN(VLEN, D - d0));
-                }
+    real *kt = scratch, *vb = kt + Dp * Lmax, *qs = vb + Dp * Lmax, *rows = qs + 4 * D;
+    const real *base = qkv + ptr[g] * S;
+    pack_cols(kt, base + C + h * D, S, L, Lp, D, Dp);
+    const real *vrows = base + 2 * C + h * D; /* V [L, D] with row stride vs */
+    int64_t vs = S;
+    if (D != Dp) { /* not whole vectors: a zero-padded copy */
+        pack_rows(vb, vrows, S, L, L, D, Dp);
+        vrows = vb, vs = Dp;
+    }
+    for (int64_t i0 = 0; i0 < L; i0 += 4) { /* four query rows at a time */
+        const int64_t nr = MIN(4, L - i0);
+        vec acc[4];
+        for (int64_t r = 0; r < 4; ++r)
+            for (int64_t d = 0; d < D; ++d)
+                qs[r * D + d] = r < nr ? base[(i0 + r) * S + h * D + d] * scale : 0;
+        for (int64_t j0 = 0; j0 < Lp; j0 += VLEN) { /* scores S = scale Q K^T */
+            weighted_sum4(acc, qs, 1, D, kt + j0, Lp, D);
+            for (int64_t r = 0; r < 4; ++r) vstore(rows + r * Lp + j0, acc[r]);
+        }
+        for (int64_t r = 0; r < nr; ++r) {
+            softmax_row(rows + r * Lp, L, Lp);
+            if (probs)
+                memcpy(probs + poff[g] + (h * L + i0 + r) * L, rows + r * Lp, sizeof(real) * (size_t)L);
+        }
+        for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) { /* O = P V */
+            weighted_sum4(acc, rows, 1, Lp, vrows + d0, vs, L);
+            for (int64_t r = 0; r < nr; ++r)
+                store_first(out + (ptr[g] + i0 + r) * C + h * D + d0, acc[r], MIN(VLEN, D - d0));
+        }
+    }
+}
+
+/* One (graph, head) block of the backward; scratch holds 4 Dp Lmax + 2 Lmax^2 reals. */
+static void backward_block(const real *qkv, const int64_t *ptr, const int64_t *poff, int64_t g,
+                           int64_t h, int64_t H, int64_t D, real scale, const real *probs,
+                           const real *grad_out, real *grad_qkv, real *scratch, int64_t Lmax) {
+    const int64_t C = H * D, S = 3 * C, Dp = round_up(D);
+    const int64_t L = ptr[g + 1] - ptr[g], Lp = round_up(L), L4 = (L + 3) / 4 * 4;
+    if (L == 0) return;
+    /* Q, K, dO [Lp, Dp];  V^T [Dp, Lp];  P, dS [Lp, Lp] */
+    real *qb = scratch, *kb = qb + Dp * Lmax, *dob = kb + Dp * Lmax, *vt = dob + Dp * Lmax;
+    real *pb = vt + Dp * Lmax, *ds = pb + Lmax * Lmax;
+    const real *base = qkv + ptr[g] * S;
+    real *gbase = grad_qkv + ptr[g] * S;
+    const real *qrows = base + h * D, *krows = base + C + h * D; /* row stride qs */
+    int64_t qs = S;
+    if (D != Dp) { /* not whole vectors: zero-padded copies */
+        pack_rows(qb, qrows, S, L, L, D, Dp);
+        pack_rows(kb, krows, S, L, L, D, Dp);
+        qrows = qb, krows = kb, qs = Dp;
+    }
+    pack_rows(dob, grad_out + ptr[g] * C + h * D, C, L, L4, D, Dp);
+    pack_cols(vt, base + 2 * C + h * D, S, L, Lp, D, Dp);
+    pack_rows(pb, probs + poff[g] + h * L * L, L, L, L, L, Lp);
+    for (int64_t i0 = 0; i0 < L; i0 += 4) { /* four query rows at a time */
+        const int64_t nr = MIN(4, L - i0);
+        vec acc[4];
+        for (int64_t j0 = 0; j0 < Lp; j0 += VLEN) { /* dP = dO V^T */
+            weighted_sum4(acc, dob + i0 * Dp, 1, Dp, vt + j0, Lp, D);
+            for (int64_t r = 0; r < 4; ++r) vstore(ds + (i0 + r) * Lp + j0, acc[r]);
+        }
+        for (int64_t r = 0; r < nr; ++r) { /* dS = P (dP - rowsum(P dP)), scaled */
+            const real *pi = pb + (i0 + r) * Lp;
+            real *dsi = ds + (i0 + r) * Lp, delta = 0;
+#pragma omp simd reduction(+ : delta)
+            for (int64_t j = 0; j < L; ++j) delta += pi[j] * dsi[j];
+            for (int64_t j = 0; j < Lp; ++j) dsi[j] = pi[j] * (dsi[j] - delta) * scale;
+        }
+        for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) { /* dQ = dS K */
+            weighted_sum4(acc, ds + i0 * Lp, 1, Lp, krows + d0, qs, L);
+            for (int64_t r = 0; r < nr; ++r)
+                store_first(gbase + (i0 + r) * S + h * D + d0, acc[r], MIN(VLEN, D - d0));
+        }
+    }
+    for (int64_t j0 = 0; j0 < L; j0 += 4) { /* four key rows at a time */
+        const int64_t nc = MIN(4, L - j0);
+        vec acck[4], accv[4];
+        for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) { /* dK = dS^T Q;  dV = P^T dO */
+            weighted_sum4(acck, ds + j0, Lp, 1, qrows + d0, qs, L);
+            weighted_sum4(accv, pb + j0, Lp, 1, dob + d0, Dp, L);
+            for (int64_t c = 0; c < nc; ++c) {
+                real *row = gbase + (j0 + c) * S + h * D + d0;
+                store_first(row + C, acck[c], MIN(VLEN, D - d0));
+                store_first(row + 2 * C, accv[c], MIN(VLEN, D - d0));
             }
         }
     }
-    free(kt);
+}
+
+/* The entry points: every (graph, head) block of the graphs [g0, g1), spread over threads.
+ * probs may be NULL in the forward (inference).  Return 0, or -1 when the scratch cannot be
+ * allocated. */
+int FN(gtpe_full_attention_forward)(const real *qkv, const int64_t *ptr, const int64_t *poff,
+                                    int64_t g0, int64_t g1, int64_t H, int64_t D, real scale,
+                                    real *out, real *probs) {
+    const int64_t Dp = round_up(D), Lmax = round_up(max_len(ptr, g0, g1));
+    const int64_t per_thread = 2 * Dp * Lmax + 4 * D + 4 * Lmax, blocks = (g1 - g0) * H;
+    const int nt = threads_for(poff[g1] - poff[g0]);
+    real *scratch = calloc((size_t)(per_thread * nt), sizeof(real));
+    if (!scratch) return -1;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int64_t b = 0; b < blocks; ++b)
+        forward_block(qkv, ptr, poff, g0 + b / H, b % H, H, D, scale, out, probs,
+                      scratch + per_thread * thread_id(), Lmax);
+    free(scratch);
     return 0;
 }
 
 int FN(gtpe_full_attention_backward)(const real *qkv, const int64_t *ptr, const int64_t *poff,
                                      int64_t g0, int64_t g1, int64_t H, int64_t D, real scale,
                                      const real *probs, const real *grad_out, real *grad_qkv) {
-    const int64_t C = H * D, S = 3 * C, Dp = round_up(D);
-    const int64_t Lmax = round_up(max_len(ptr, g0, g1));
-    /* Q, K, dO [Lp, Dp];  V^T [Dp, Lp];  P, dS [Lp, Lp] */
-    real *qb = calloc((size_t)(4 * Dp * Lmax + 2 * Lmax * Lmax), sizeof(real));
-    if (!qb) return -1;
-    real *kb = qb + Dp * Lmax, *dob = kb + Dp * Lmax, *vt = dob + Dp * Lmax;
-    real *pb = vt + Dp * Lmax, *ds = pb + Lmax * Lmax;
-    for (int64_t g = g0; g < g1; ++g) {
-        const int64_t L = ptr[g + 1] - ptr[g], Lp = round_up(L), L4 = (L + 3) / 4 * 4;
-        if (L == 0) continue;
-        const real *base = qkv + ptr[g] * S;
-        real *gbase = grad_qkv + ptr[g] * S;
-        for (int64_t h = 0; h < H; ++h) {
-            const real *qrows = base + h * D, *krows = base + C + h * D; /* row stride qs */
-            int64_t qs = S;
-            if (D != Dp) { /* not whole vectors: zero-padded copies */
-                pack_rows(qb, qrows, S, L, L, D, Dp);
-                pack_rows(kb, krows, S, L, L, D, Dp);
-                qrows = qb, krows = kb, qs = Dp;
-            }
-            pack_rows(dob, grad_out + ptr[g] * C + h * D, C, L, L4, D, Dp);
-            pack_cols(vt, base + 2 * C + h * D, S, L, Lp, D, Dp);
-            pack_rows(pb, probs + poff[g] + h * L * L, L, L, L, L, Lp);
-            for (int64_t i0 = 0; i0 < L; i0 += 4) { /* four query rows at a time */
-                const int64_t nr = MIN(4, L - i0);
-                vec acc[4];
-                for (int64_t j0 = 0; j0 < Lp; j0 += VLEN) { /* dP = dO V^T */
-                    weighted_sum4(acc, dob + i0 * Dp, 1, Dp, vt + j0, Lp, D);
-                    for (int64_t r = 0; r < 4; ++r) vstore(ds + (i0 + r) * Lp + j0, acc[r]);
-                }
-                for (int64_t r = 0; r < nr; ++r) { /* dS = P (dP - rowsum(P dP)), scaled */
-                    const real *pi = pb + (i0 + r) * Lp;
-                    real *dsi = ds + (i0 + r) * Lp, delta = 0;
-#pragma omp simd reduction(+ : delta)
-                    for (int64_t j = 0; j < L; ++j) delta += pi[j] * dsi[j];
-                    for (int64_t j = 0; j < Lp; ++j) dsi[j] = pi[j] * (dsi[j] - delta) * scale;
-                }
-                for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) { /* dQ = dS K */
-                    weighted_sum4(acc, ds + i0 * Lp, 1, Lp, krows + d0, qs, L);
-                    for (int64_t r = 0; r < nr; ++r)
-                        store_first(gbase + (i0 + r) * S + h * D + d0, acc[r], MIN(VLEN, D - d0));
-                }
-            }
-            for (int64_t j0 = 0; j0 < L; j0 += 4) { /* four key rows at a time */
-                const int64_t nc = MIN(4, L - j0);
-                vec acck[4], accv[4];
-                for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) { /* dK = dS^T Q;  dV = P^T dO */
-                    weighted_sum4(acck, ds + j0, Lp, 1, qrows + d0, qs, L);
-                    weighted_sum4(accv, pb + j0, Lp, 1, dob + d0, Dp, L);
-                    for (int64_t c = 0; c < nc; ++c) {
-                        real *row = gbase + (j0 + c) * S + h * D + d0;
-                        store_first(row + C, acck[c], MIN(VLEN, D - d0));
-                        store_first(row + 2 * C, accv[c], MIN(VLEN, D - d0));
-                    }
-                }
-            }
-        }
-    }
-    free(qb);
+    const int64_t Dp = round_up(D), Lmax = round_up(max_len(ptr, g0, g1));
+    const int64_t per_thread = 4 * Dp * Lmax + 2 * Lmax * Lmax, blocks = (g1 - g0) * H;
+    const int nt = threads_for(poff[g1] - poff[g0]);
+    real *scratch = calloc((size_t)(per_thread * nt), sizeof(real));
+    if (!scratch) return -1;
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
+    for (int64_t b = 0; b < blocks; ++b)
+        backward_block(qkv, ptr, poff, g0 + b / H, b % H, H, D, scale, probs, grad_out, grad_qkv,
+                       scratch + per_thread * thread_id(), Lmax);
+    free(scratch);
     return 0;
 }
