@@ -74,8 +74,8 @@ def torch_uses_gnu_openmp() -> bool:
     (the dynamic loader reuses a loaded soname), so it shares torch's threads and
     ``torch.set_num_threads`` instead of starting a second, competing pool."""
     try:
-        with open("/proc/self/maps") as f:
-            return "libgomp" in f.read()
+        with open("/proc/self/maps") as f:  # (other packages' renamed copies do not count)
+            return any(line.rstrip().endswith("/libgomp.so.1") for line in f)
     except OSError:  # not Linux
         return False
 
