@@ -8,9 +8,12 @@ mean pooling and MLP head for every row):
 * ``pyg GPSConv(GINEConv, multihead)`` -- ``torch_geometric.nn.GPSConv`` layers;
 * ``gtpe gine+full`` -- :class:`gtpe.nn.GPSLayer` (``local='gine', attn='full'``), the same
   computation (see tests/test_nn_gps.py for the 1e-5 equivalence); on CPU its attention runs
-  :class:`~gtpe.nn.attention.FullAttention`'s ``'fused'`` path;
-* ``gtpe gine+full (sdpa)`` (``--rows full-sdpa``, not in the default rows) -- the same model
-  with ``FullAttention(strategy='sdpa')``: size-bucketed ``scaled_dot_product_attention``;
+  :class:`~gtpe.nn.attention.FullAttention`'s ``'kernel'`` path (the C kernel, compiled on
+  first use; on torch's OpenMP threads);
+* ``gtpe gine+full (fused)`` / ``(sdpa)`` (``--rows full-fused,full-sdpa``, not in the default
+  rows) -- the same model with ``FullAttention(strategy='fused')`` (pure torch: what runs where
+  no C compiler is found) or ``strategy='sdpa'`` (size-bucketed
+  ``scaled_dot_product_attention``);
 * ``gtpe gine+linear`` / ``gine+exphormer`` / ``grit`` (``local=None, attn='grit'``).
 
 Each step is forward + backward + Adam step on a pre-collated mini-batch (collation and PE
@@ -281,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--rows",
         default="pyg,full,linear,exphormer,grit",
-        help="comma list of rows (pyg, full, full-sdpa, linear, exphormer, grit)",
+        help="comma list of rows (pyg, full, full-fused, full-sdpa, linear, exphormer, grit)",
     )
     ap.add_argument("--no-scale", action="store_true", help="skip the 100k-node Exphormer row")
     ap.add_argument("--scale-nodes", type=int, default=None)
@@ -303,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = {
         "pyg": ("pyg GPSConv(GINEConv,multihead)", None, None),
         "full": ("gtpe GPSLayer gine+full", "gine", "full"),
+        "full-fused": ("gtpe GPSLayer gine+full (fused)", "gine", "full"),
         "full-sdpa": ("gtpe GPSLayer gine+full (sdpa)", "gine", "full"),
         "linear": ("gtpe GPSLayer gine+linear", "gine", "linear"),
         "exphormer": ("gtpe GPSLayer gine+exphormer", "gine", "exphormer"),
@@ -320,9 +324,9 @@ def main(argv: list[str] | None = None) -> None:
                 batches = base_batches
             else:
                 model, cfg = gtpe_model(local, attn, node_vocab, edge_vocab)
-                if key == "full-sdpa":  # FullAttention's SDPA-kernel path instead of 'fused'
+                if key in ("full-fused", "full-sdpa"):  # another FullAttention path
                     for layer in model.layers:
-                        layer.attn.strategy = "sdpa"
+                        layer.attn.strategy = key.split("-")[1]
                 tfs = cfg.transforms()
                 batches = base_batches if not tfs else make_batches(graphs, nb, tfs)
             model = model.to(device)
