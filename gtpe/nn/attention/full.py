@@ -450,21 +450,14 @@ class FullAttention(torch.nn.Module):
         strategy = self.strategy
         if strategy in ("auto", "kernel", "fused", "sdpa", "pad"):
             info = _layout(batch, cache)
-            if strategy == "auto":
-                strategy = "sdpa" if p > 0.0 or not _fused_pays(info, qkv, self.heads) else "kernel"
-                kernel = _kernel(qkv.dtype) if strategy == "kernel" else None
-                if kernel is not None and not kernel[2] and torch.get_num_threads() > 2:
-                    entries = sum(n * n for n in info["sizes"]) * self.heads
-                    strategy = "fused" if entries > _KERNEL_SERIAL_MAX else "kernel"
-            if strategy == "kernel" and (p > 0.0 or qkv.device.type != "cpu" or _kernel(qkv.dtype) is None):
-                strategy = "fused"  # dropout, another device, or no compiled kernel
+            strategy = self._resolve(strategy, info, qkv, p)
             if strategy == "kernel":
                 plan = info["plans"].get(("kernel", self.heads))
                 if plan is None:
                     plan = info["plans"][("kernel", self.heads)] = _KernelPlan(info["sizes"], self.heads)
                 save = torch.is_grad_enabled() and qkv.requires_grad
                 out = _KernelAttention.apply(qkv, plan, self.head_dim, save)
-            elif strategy == "fused" and p == 0.0:
+            elif strategy == "fused":
                 plan = _fused_plan(info, self.heads, qkv, auto=True)
                 out = _FusedAttention.apply(qkv, plan, self.head_dim)
             else:
@@ -474,6 +467,25 @@ class FullAttention(torch.nn.Module):
         else:
             out = self._block(qkv, batch, p)
         return self.out_proj(out)
+
+    def _resolve(self, strategy: str, info: dict, qkv: Tensor, p: float) -> str:
+        """The path that runs for ``strategy`` (see the module docstring): ``'auto'`` is the
+        kernel on CPU, SDPA elsewhere, with attention dropout or above the probability budget;
+        ``'kernel'`` and ``'fused'`` keep no dropout, so with dropout they run SDPA, and without
+        a compiled kernel ``'kernel'`` runs ``'fused'``."""
+        if strategy == "auto":
+            if p > 0.0 or not _fused_pays(info, qkv, self.heads):
+                return "sdpa"
+            kernel = _kernel(qkv.dtype)
+            if kernel is not None and not kernel[2] and torch.get_num_threads() > 2:
+                entries = sum(n * n for n in info["sizes"]) * self.heads
+                return "fused" if entries > _KERNEL_SERIAL_MAX else "kernel"
+            strategy = "kernel"
+        if strategy in ("kernel", "fused") and p > 0.0:
+            return "sdpa"
+        if strategy == "kernel" and (qkv.device.type != "cpu" or _kernel(qkv.dtype) is None):
+            return "fused"
+        return strategy
 
     # -- strategies ---------------------------------------------------------------------------
     def _bucketed(self, qkv: Tensor, batch: Tensor, p: float, info: dict, auto: bool) -> Tensor:
