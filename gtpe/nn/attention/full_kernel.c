@@ -20,7 +20,9 @@
  * No padding between graphs: every (graph, head) block has its own size.  Each block is first
  * copied into small scratch matrices whose rows are padded with zeros to a multiple of one
  * 64-byte vector (GCC/Clang vector extensions), so every inner loop is whole vectors that
- * accumulate in registers.  Single-threaded; the functions take a graph range [g0, g1).
+ * accumulate in registers.  The entry points take a graph range [g0, g1) and, when built with
+ * -fopenmp, spread its (graph, head) blocks over the OpenMP threads (torch's own, see
+ * gtpe._native.torch_uses_gnu_openmp).
  */
 #include <math.h>
 #include <stdint.h>
