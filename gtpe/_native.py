@@ -4,8 +4,8 @@ gtpe ships plain C sources (no torch headers, no Python API) next to the modules
 :func:`load` compiles one with the system C compiler (``$CC``, else ``cc``) into
 ``$GTPE_NATIVE_CACHE`` (default ``~/.cache/gtpe/native``), keyed by the source, the flags,
 the compiler and the CPU, so a cache shared between machines never runs code built for another
-CPU.  Compiling takes about a second and happens once; the file is written atomically, so
-concurrent processes (DDP ranks, test workers) are safe.
+CPU.  Compiling takes about a second and happens once; the library is written with
+:func:`gtpe._atomic.atomic_write`, so concurrent processes (DDP ranks, test workers) are safe.
 
 When there is no compiler or the build fails, :func:`load` returns ``None`` and warns once;
 callers then use their pure-torch path, which computes the same result more slowly.  Set
@@ -25,6 +25,8 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+
+from gtpe._atomic import STALE_SECONDS, atomic_write, remove_stale_temporaries
 
 __all__ = ["enabled", "load", "torch_uses_gnu_openmp"]
 
@@ -123,31 +125,23 @@ def _build_and_load(
     lib = cache / f"{source.stem}-{h.hexdigest()[:16]}{'.dylib' if sys.platform == 'darwin' else '.so'}"
     if not lib.exists():
         try:
-            cache.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache, prefix=f".{lib.name}.", suffix=".tmp")
-            os.close(fd)
-        except OSError as exc:
-            warn(f"cannot write the kernel cache {cache}: {exc}")
-            return None
-        try:
-            proc = subprocess.run(
-                [cc, *flags, str(source), "-o", tmp, "-lm"],
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-                warn(f"building {what} with {cc} failed:\n" + "\n".join(tail))
-                return None
-            os.chmod(tmp, 0o755)
-            os.replace(tmp, lib)
+            with tempfile.TemporaryDirectory(prefix="gtpe-native-") as build:
+                out = Path(build) / lib.name
+                proc = subprocess.run(
+                    [cc, *flags, str(source), "-o", str(out), "-lm"],
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
+                if proc.returncode != 0:
+                    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+                    warn(f"building {what} with {cc} failed:\n" + "\n".join(tail))
+                    return None
+                atomic_write(lib, lambda f: f.write(out.read_bytes()))
+            remove_stale_temporaries(cache, older_than=STALE_SECONDS)  # of killed builds
         except (OSError, subprocess.SubprocessError) as exc:
-            warn(f"building {what} with {cc} failed: {exc}")
+            warn(f"building {what} with {cc} into {cache} failed: {exc}")
             return None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     try:
         return ctypes.CDLL(str(lib))
     except OSError as exc:

@@ -1,6 +1,7 @@
 """gtpe._native: C kernels compiled once per machine, cached, with a clean fallback."""
 
 import ctypes
+import os
 
 import pytest
 
@@ -38,8 +39,13 @@ def test_builds_once_and_reuses_the_cached_library(fresh, monkeypatch):
     assert _native.load(src, {"UNUSED": "1"}).twice(5) == 10
     assert all("-shared" not in c for c in calls)  # only `cc --version`, no build
     assert built[0].stat().st_mtime_ns == mtime
-    # other defines or another source text: another library
+    # other defines or another source text: another library; a build also removes what a killed
+    # build left behind (an atomic_write temporary older than the stale margin)
+    stale = fresh / "cache" / ".twice-0123.so.k1ll3d.tmp"
+    stale.write_bytes(b"half a library")
+    os.utime(stale, (1, 1))
     assert _native.load(src, {"UNUSED": "2"}).twice(1) == 2
+    assert not stale.exists()
     src.write_text("int twice(int x) { return x + x; }\n")
     monkeypatch.setattr(_native, "_loaded", {})
     assert _native.load(src).twice(4) == 8
@@ -56,7 +62,8 @@ def test_build_error_warns_with_the_compiler_message(fresh):
     with pytest.warns(RuntimeWarning, match="failed") as rec:
         assert _native.load(_source(fresh, "int broken( {\n")) is None
     assert "twice.c" in str(rec[0].message)
-    assert not list((fresh / "cache").iterdir())  # no partial library left behind
+    cache = fresh / "cache"
+    assert not cache.exists() or not list(cache.iterdir())  # no partial library left behind
 
 
 def test_disabled_by_environment(fresh, monkeypatch):

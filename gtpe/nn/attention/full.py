@@ -332,6 +332,13 @@ class _KernelPlan:
         self.entries = poff[-1]
 
 
+def _kernel_plan(info: dict, heads: int) -> _KernelPlan:
+    key = ("kernel", heads)
+    if key not in info["plans"]:
+        info["plans"][key] = _KernelPlan(info["sizes"], heads)
+    return info["plans"][key]
+
+
 def _check(code: int) -> None:
     if code != 0:
         raise MemoryError("FullAttention kernel: out of memory for its scratch buffer")
@@ -452,9 +459,7 @@ class FullAttention(torch.nn.Module):
             info = _layout(batch, cache)
             strategy = self._resolve(strategy, info, qkv, p)
             if strategy == "kernel":
-                plan = info["plans"].get(("kernel", self.heads))
-                if plan is None:
-                    plan = info["plans"][("kernel", self.heads)] = _KernelPlan(info["sizes"], self.heads)
+                plan = _kernel_plan(info, self.heads)
                 save = torch.is_grad_enabled() and qkv.requires_grad
                 out = _KernelAttention.apply(qkv, plan, self.head_dim, save)
             elif strategy == "fused":
