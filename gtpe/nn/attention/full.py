@@ -154,8 +154,9 @@ def _layout(batch: Tensor, cache: dict | None) -> dict:
 
 
 def _fused_pays(info: dict, qkv: Tensor, heads: int) -> bool:
-    """``'auto'``: the fused path on CPU (where per-kernel overhead dominates at molecule sizes)
-    unless the saved probabilities would be large; elsewhere the SDPA kernels."""
+    """``'auto'``: the kernel or fused path on CPU (where per-call overhead dominates at molecule
+    sizes) unless the probabilities they save for backward would be large (counted with the
+    buckets' padding, an upper bound for the kernel); elsewhere the SDPA kernels."""
     if qkv.device.type != "cpu":
         return False
     return sum(len(ids) * L * L for ids, L in info["buckets"]) * heads <= _FUSED_MAX_ENTRIES
