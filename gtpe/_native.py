@@ -15,6 +15,7 @@ callers then use their pure-torch path, which computes the same result more slow
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -65,6 +66,14 @@ def _cpu_signature() -> str:
     return "\n".join(sig)
 
 
+@functools.lru_cache(maxsize=None)
+def _toolchain(cc: str) -> str:
+    """What a build depends on besides source and flags: the compiler (path and version line),
+    the CPU and the platform.  Asked once per process and compiler."""
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60)
+    return "\n".join([cc, *version.stdout.splitlines()[:1], _cpu_signature(), sys.platform])
+
+
 def _compiler() -> str | None:
     cc = os.environ.get("CC") or "cc"
     return shutil.which(cc)
@@ -110,15 +119,12 @@ def _build_and_load(
         return None
     flags = _FLAGS + extra + [f"-D{k}={v}" for k, v in sorted(defines.items())]
     try:
-        version = subprocess.run(
-            [cc, "--version"], capture_output=True, text=True, timeout=60
-        ).stdout.splitlines()[:1]
+        toolchain = _toolchain(cc)
     except (OSError, subprocess.SubprocessError) as exc:
         warn(f"cannot run the C compiler {cc}: {exc}")
         return None
     h = hashlib.sha256()
-    for part in (source.read_bytes(), " ".join(flags).encode(), cc.encode(), str(version).encode(),
-                 _cpu_signature().encode(), sys.platform.encode()):
+    for part in (source.read_bytes(), " ".join(flags).encode(), toolchain.encode()):
         h.update(part)
         h.update(b"\0")
     cache = _cache_dir()

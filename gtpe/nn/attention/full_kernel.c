@@ -58,41 +58,33 @@ typedef int64_t ivec __attribute__((vector_size(64)));
 typedef int32_t ivec __attribute__((vector_size(64)));
 #endif
 
-static inline vec vmax(vec a, vec b) {
-    const ivec a_larger = a > b;
-    return (vec)(((ivec)a & a_larger) | ((ivec)b & ~a_larger));
-}
-
 /* Horizontal reductions by halving the vector width (stays in registers). */
 typedef real vec32 __attribute__((vector_size(32)));
 typedef real vec16 __attribute__((vector_size(16)));
 #define QLEN ((int64_t)(16 / sizeof(real)))
 
-static inline vec16 quarter_sum(vec v) {
-    const union { vec v; vec32 h[2]; } a = {v};
-    const union { vec32 v; vec16 h[2]; } b = {a.h[0] + a.h[1]};
-    return b.h[0] + b.h[1];
-}
+/* Lane-wise max at each width (C has no ?: on vectors: select through the comparison mask). */
+#define DEFINE_VMAX(name, V)                                                                  \
+    static inline V name(V a, V b) {                                                          \
+        const __typeof__(a > b) a_larger = a > b;                                             \
+        return (V)(((__typeof__(a_larger))a & a_larger) | ((__typeof__(a_larger))b & ~a_larger)); \
+    }
+DEFINE_VMAX(vmax, vec)
+DEFINE_VMAX(vmax32, vec32)
+DEFINE_VMAX(vmax16, vec16)
 
 static inline real hsum(vec v) {
-    const vec16 q = quarter_sum(v);
+    const union { vec v; vec32 h[2]; } a = {v};
+    const union { vec32 v; vec16 h[2]; } b = {a.h[0] + a.h[1]};
+    const vec16 q = b.h[0] + b.h[1];
     real s = q[0];
     for (int64_t l = 1; l < QLEN; ++l) s += q[l];
     return s;
 }
 
-static inline vec16 vmax16(vec16 a, vec16 b) {
-    typedef __typeof__(a > b) mask16;
-    const mask16 a_larger = a > b;
-    return (vec16)(((mask16)a & a_larger) | ((mask16)b & ~a_larger));
-}
-
 static inline real hmax(vec v) {
     const union { vec v; vec32 h[2]; } a = {v};
-    const vec32 a0 = a.h[0], a1 = a.h[1];
-    typedef __typeof__(a0 > a1) mask32;
-    const mask32 larger = a0 > a1;
-    const union { vec32 v; vec16 h[2]; } b = {(vec32)(((mask32)a0 & larger) | ((mask32)a1 & ~larger))};
+    const union { vec32 v; vec16 h[2]; } b = {vmax32(a.h[0], a.h[1])};
     const vec16 q = vmax16(b.h[0], b.h[1]);
     real m = q[0];
     for (int64_t l = 1; l < QLEN; ++l) m = q[l] > m ? q[l] : m;
