@@ -1,8 +1,9 @@
 r"""GRIT attention over node pairs with pair features and degree injection.
 
 Ma et al., "Graph Inductive Biases in Transformers without Message Passing" (ICML 2023).  For
-every pair :math:`j \to i` of ``pair_index`` (``pair_index[0]`` = :math:`j`, ``[1]`` =
-:math:`i`) with features :math:`e_{ij}` (e.g. RRWP encodings), per head:
+every pair :math:`j \to i` of ``pair_index`` (``pair_index[0]`` = :math:`j`, the key / source;
+``pair_index[1]`` = :math:`i`, the query / target, over whose pairs the softmax runs) with
+features :math:`e_{ij}` = ``pair_attr`` of that column (e.g. RRWP encodings), per head:
 
 .. math::
     \hat e_{ij} &= \sigma\big(\rho\big((W_Q x_i + W_K x_j) \odot W_{Ew} e_{ij}\big)
@@ -16,9 +17,25 @@ every pair :math:`j \to i` of ``pair_index`` (``pair_index[0]`` = :math:`j`, ``[
 with :math:`\sigma` = ReLU and :math:`c` = ``clamp`` (5, as in the official code; ``None``
 disables it).  :math:`W_O, W_{Oe}` are the output projections ``out_proj`` / ``pair_out_proj``
 of the official GRIT layer (``O_h``, ``O_e``).  The degree :math:`d_i` is ``deg`` if given
-(GRIT uses the node degree of the input graph, e.g. ``torch_geometric.utils.degree(
-edge_index[1], N)``); otherwise the number of input pairs with target :math:`i` (counted before
-``full_pairs`` completion).
+(GRIT uses the degree of the input graph: its RRWP transform stores the row sums of
+:math:`A`, i.e. the out-degree ``torch_geometric.utils.degree(edge_index[0], N)`` of an
+unweighted graph, equal to the in-degree on undirected graphs); otherwise the number of input
+pairs with target :math:`i` (counted before ``full_pairs`` completion).
+
+**Direction of the pairs.**  Row 0 is the key and row 1 the query, as PyG's ``edge_index``
+(message :math:`j \to i`) and the official ``MultiHeadAttentionLayerGritSparse`` (keys
+``edge_index[0]``, queries and softmax ``edge_index[1]``).  The RRWP pairs of
+:class:`~gtpe.transforms.AddRRWP` / :class:`~gtpe.nn.encoders.RRWPEncoder` store column
+:math:`(a, b)` with :math:`[I, P, \dots, P^{K-1}]_{ab}`, :math:`P = D^{-1}A` (row-stochastic:
+:math:`P_{ab}` is the probability of the step :math:`a \to b`), as the official
+``add_full_rrwp`` does (``(row, col)`` of ``SparseTensor.from_dense``).  Fed those pairs, the
+query :math:`i` therefore sees, for the key :math:`j`, :math:`[I, P, \dots]_{ji}` (walks from
+the key to the query, i.e. :math:`(P^\top)^k_{ij}`) plus the features of the edge
+:math:`j \to i`: exactly the official code.  The paper's notation initialises the
+:math:`e_{ij}` of the query :math:`i` from :math:`\mathbf{P}_{ij}`; read literally that is
+:math:`P^k_{ij}`, which differs wherever degrees differ (:math:`P \ne P^\top`); gtpe follows
+the released code.  Passing
+``pair_index.flip(0)`` with the same ``pair_attr`` gives the other reading.
 
 With ``full_pairs=True`` the pair set is completed to all ordered pairs (self pairs included)
 within each graph; missing pairs get zero features, duplicate input pairs are summed.  The
@@ -110,7 +127,9 @@ class GRITAttention(torch.nn.Module):
     ``forward(x [N, C], pair_index [2, M], pair_attr [M, C], batch [N], deg=None, num_graphs=None)``
     returns ``(x_out [N, C], pair_out [M', C], pair_index' [2, M'])`` (``M' = M`` and the same
     ``pair_index`` unless ``full_pairs``; with ``update_pairs=False``, ``pair_out`` is the
-    input ``pair_attr``, completed if ``full_pairs``).
+    input ``pair_attr``, completed if ``full_pairs``).  ``pair_index[0]`` holds the keys
+    :math:`j`, ``pair_index[1]`` the queries :math:`i`: RRWP pairs ``(a, b)`` carry
+    :math:`P^k_{ab}`, so the query :math:`i` sees :math:`P^k_{ji}`, as in the official code.
     """
 
     def __init__(

@@ -25,9 +25,15 @@ class RRWPEncoder(torch.nn.Module):
         \mathbf{e}_{ij} = \mathbf{W}_p \mathbf{P}_{ij} + \mathbf{b}_p
             + [\,(i,j)\in\mathcal{E}\,]\;\mathbf{e}^{\mathrm{in}}_{ij}
 
-    i.e. the (already embedded, ``channels``-dim) input edge features are added on the pairs
-    that are graph edges (pairs that are edges but not RRWP pairs are added too; the result is
-    coalesced, sorted by (i, j)).  ``h`` is **added** to the node embedding (as in GRIT).
+    for the column :math:`(i, j)` of ``rrwp_index`` (``i = rrwp_index[0]``, where the walk
+    starts), i.e. the (already embedded, ``channels``-dim) input edge features are added on
+    the pairs that are graph edges :math:`i \to j` (``edge_index`` column ``(i, j)``; pairs
+    that are edges but not RRWP pairs are added too; the result is coalesced, sorted by
+    (i, j)).  ``h`` is **added** to the node embedding (as in GRIT).  The output keeps this
+    (row, col) order, as GRIT's ``rrwp_linear`` edge encoder: in
+    :class:`~gtpe.nn.attention.GRITAttention` row 0 is the key and row 1 the query, so the
+    query :math:`j` sees :math:`\mathbf{P}_{ij}` of the key :math:`i` (walks from the key to
+    the query) and the edge :math:`i \to j`, as the official code.
 
     ``forward(rrwp, rrwp_index, rrwp_val, edge_index=None, edge_attr=None)`` returns
     ``(h [N, channels], pair_index [2, M'], pair_attr [M', channels])``.  With ``pairs=False``
