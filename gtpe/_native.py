@@ -2,14 +2,31 @@
 
 gtpe ships plain C sources (no torch headers, no Python API) next to the modules that use them.
 :func:`load` compiles one with the system C compiler (``$CC``, else ``cc``) into
-``$GTPE_NATIVE_CACHE`` (default ``~/.cache/gtpe/native``), keyed by the source, the flags,
-the compiler and the CPU, so a cache shared between machines never runs code built for another
-CPU.  Compiling takes about a second and happens once; the library is written with
-:func:`gtpe._atomic.atomic_write`, so concurrent processes (DDP ranks, test workers) are safe.
+``$GTPE_NATIVE_CACHE`` (default ``$XDG_CACHE_HOME/gtpe/native``, i.e. ``~/.cache/gtpe/native``),
+keyed by the source, the flags, the compiler and the CPU, so a cache shared between machines
+never runs code built for another CPU.  Compiling takes about a second and happens once.
 
-When there is no compiler or the build fails, :func:`load` returns ``None`` and warns once;
-callers then use their pure-torch path, which computes the same result more slowly.  Set
-``GTPE_NATIVE=0`` to never compile or load anything.
+Loading a library runs its code, so nothing is loaded from the cache unchecked:
+
+* The folder is created with mode ``0700``.  One of ours with other permissions (older gtpe
+  versions made it ``0755``) is set to ``0700``; one owned by another user, or that is not a
+  folder, is refused: nothing is built or loaded there.  Its parent folders are not checked.
+* A library that is not a regular file (e.g. a symbolic link), is owned by another user or is
+  writable by group or others is refused: never loaded, nor removed.
+* A library is named ``<source>-<build key>-<sha256 of its bytes>.so`` and written with
+  :func:`gtpe._atomic.atomic_write`, so processes that build at once (DDP ranks) each leave a
+  complete file under the hash of its own bytes.  The bytes are hashed again before
+  ``dlopen``; a library that no longer matches its name (truncated, damaged, modified) is
+  removed, with a warning, and built again once.
+
+These checks keep out other users' files and damaged ones; they cannot tell a library that
+the same user wrote under a matching name from one built by gtpe.
+
+When there is no compiler, the build fails, a check refuses a file, ``dlopen`` fails or a
+symbol the caller needs is missing, :func:`load` returns ``None`` with one
+:class:`RuntimeWarning` (a refused folder: one per process); callers then use their pure-torch
+path, which computes the same result more slowly.  Set ``GTPE_NATIVE=0`` to never compile or
+load anything.
 """
 
 from __future__ import annotations
@@ -19,12 +36,15 @@ import functools
 import hashlib
 import os
 import platform
+import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 from gtpe._atomic import STALE_SECONDS, atomic_write, remove_stale_temporaries
@@ -36,6 +56,7 @@ _FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-fno-math-e
           "-ffp-contract=fast"]
 _lock = threading.Lock()
 _loaded: dict[tuple, ctypes.CDLL | None] = {}
+_refused_folders: set[str] = set()  # cache folders already warned about
 
 
 def enabled() -> bool:
@@ -91,25 +112,114 @@ def torch_uses_gnu_openmp() -> bool:
         return False
 
 
-def load(source: Path, defines: dict[str, str] | None = None, openmp: bool = False) -> ctypes.CDLL | None:
+def load(
+    source: Path,
+    defines: dict[str, str] | None = None,
+    openmp: bool = False,
+    symbols: Sequence[str] = (),
+) -> ctypes.CDLL | None:
     """Compile ``source`` (a C file) with ``-D`` ``defines`` and load it; ``None`` when disabled
-    or when it cannot be built (a :class:`RuntimeWarning` says why, once per source/defines).
+    or when it cannot be built, checked or loaded (a :class:`RuntimeWarning` says why, once per
+    source/defines), or when it lacks one of ``symbols`` (the functions the caller will use).
     ``openmp=True``: build with ``-fopenmp`` where :func:`torch_uses_gnu_openmp` (else, or if
     that build fails, without: the ``omp`` pragmas are then ignored)."""
     if not enabled():
         return None
     defines = dict(defines or {})
     openmp = openmp and torch_uses_gnu_openmp()
-    key = (str(source), tuple(sorted(defines.items())), os.environ.get("CC"), openmp)
+    key = (str(source), tuple(sorted(defines.items())), os.environ.get("CC"), openmp, tuple(symbols))
     with _lock:
         if key not in _loaded:
-            lib = _build_and_load(Path(source), defines, ["-fopenmp"], quiet=True) if openmp else None
-            _loaded[key] = lib or _build_and_load(Path(source), defines, [])
+            try:
+                lib = None
+                if openmp:
+                    lib = _build_and_load(Path(source), defines, ["-fopenmp"], symbols, quiet=True)
+                _loaded[key] = lib or _build_and_load(Path(source), defines, [], symbols)
+            except _Refused:  # (warned): no second build beside a library that was refused
+                _loaded[key] = None
         return _loaded[key]
 
 
+class _Refused(Exception):
+    """The cache folder or a library in it fails the ownership/permission checks."""
+
+
+def _private_cache() -> Path:
+    """The cache folder, created ``0700``; a folder of ours with other permissions is set to
+    ``0700``.  Raises :class:`_Refused` (after one warning per folder and process) when it is
+    owned by another user or is not a folder."""
+    cache = _cache_dir()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(cache, 0o700)
+        except FileExistsError:
+            pass
+        st = os.stat(cache)
+        if not stat.S_ISDIR(st.st_mode):
+            problem = "is not a folder"
+        elif st.st_uid != os.getuid():
+            problem = f"is owned by another user (uid {st.st_uid}; you are uid {os.getuid()})"
+        else:
+            if stat.S_IMODE(st.st_mode) != 0o700:
+                os.chmod(cache, 0o700)
+            return cache
+    except OSError as exc:
+        problem = f"cannot be created or used ({exc})"
+    if str(cache) not in _refused_folders:
+        _refused_folders.add(str(cache))
+        _warn(
+            f"the kernel cache {cache} {problem}, so no kernel is built or loaded from it "
+            "(set GTPE_NATIVE_CACHE to a folder of your own)"
+        )
+    raise _Refused(str(cache))
+
+
+def _verified(path: Path, digest: str) -> bool:
+    """Whether the bytes of the library ``path`` have the sha256 ``digest``.  Raises
+    :class:`_Refused` (after a warning) when ``path`` is not a regular file owned by this user
+    and unwritable by group and others: such a file is never read, loaded or removed."""
+    st = os.lstat(path)
+    problem = None
+    if not stat.S_ISREG(st.st_mode):
+        problem = "is not a regular file"
+    else:
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_uid != os.getuid():
+                problem = f"is owned by another user (uid {st.st_uid}; you are uid {os.getuid()})"
+            elif st.st_mode & 0o022:
+                problem = f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):#o})"
+            else:
+                return hashlib.sha256(f.read()).hexdigest() == digest
+    _warn(f"refusing to load {path}, which {problem} (remove it)")
+    raise _Refused(str(path))
+
+
+def _cached(cache: Path, name: re.Pattern) -> Path | None:
+    """A library in ``cache`` whose name ``name`` matches and whose content has the sha256 in
+    its name.  Mismatched ones (changed after their build) are removed with a warning."""
+    for entry in sorted(os.listdir(cache)):
+        match = name.fullmatch(entry)
+        if match is None:
+            continue
+        lib = cache / entry
+        try:
+            if _verified(lib, match[1]):
+                return lib
+            _warn(
+                f"{lib} does not match the sha256 in its name (changed after it was built); "
+                "removed it, building it again",
+                fallback=False,
+            )
+            lib.unlink()
+        except FileNotFoundError:  # (removed by another process meanwhile)
+            continue
+    return None
+
+
 def _build_and_load(
-    source: Path, defines: dict[str, str], extra: list[str], quiet: bool = False
+    source: Path, defines: dict[str, str], extra: list[str], symbols: Sequence[str], quiet: bool = False
 ) -> ctypes.CDLL | None:
     warn = (lambda msg: None) if quiet else _warn
     cc = _compiler()
@@ -127,12 +237,16 @@ def _build_and_load(
     for part in (source.read_bytes(), " ".join(flags).encode(), toolchain.encode()):
         h.update(part)
         h.update(b"\0")
-    cache = _cache_dir()
-    lib = cache / f"{source.stem}-{h.hexdigest()[:16]}{'.dylib' if sys.platform == 'darwin' else '.so'}"
-    if not lib.exists():
-        try:
+    cache = _private_cache()
+    # <stem>-<build key>-<sha256 of the library><ext>: one name per content, so processes that
+    # build at once (DDP ranks) each write a complete file under its own hash, never a mix
+    ext = ".dylib" if sys.platform == "darwin" else ".so"
+    prefix = f"{source.stem}-{h.hexdigest()[:16]}-"
+    try:
+        lib = _cached(cache, re.compile(re.escape(prefix) + "([0-9a-f]{64})" + re.escape(ext)))
+        if lib is None:
             with tempfile.TemporaryDirectory(prefix="gtpe-native-") as build:
-                out = Path(build) / lib.name
+                out = Path(build) / f"{source.stem}{ext}"
                 proc = subprocess.run(
                     [cc, *flags, str(source), "-o", str(out), "-lm"],
                     capture_output=True,
@@ -143,22 +257,29 @@ def _build_and_load(
                     tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
                     warn(f"building {what} with {cc} failed:\n" + "\n".join(tail))
                     return None
-                atomic_write(lib, lambda f: f.write(out.read_bytes()))
+                data = out.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            lib = cache / f"{prefix}{digest}{ext}"
+            atomic_write(lib, lambda f: (os.fchmod(f.fileno(), 0o700), f.write(data)))
             remove_stale_temporaries(cache, older_than=STALE_SECONDS)  # of killed builds
-        except (OSError, subprocess.SubprocessError) as exc:
-            warn(f"building {what} with {cc} into {cache} failed: {exc}")
-            return None
+            if not _verified(lib, digest):
+                _warn(f"{lib} changed between its build and its loading")
+                return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        warn(f"building {what} with {cc} into {cache} failed: {exc}")
+        return None
     try:
-        return ctypes.CDLL(str(lib))
-    except OSError as exc:
+        handle = ctypes.CDLL(str(lib))
+    except Exception as exc:  # OSError from dlopen, or anything else: the caller's torch path
         warn(f"cannot load {lib}: {exc}")
         return None
+    missing = [symbol for symbol in symbols if not hasattr(handle, symbol)]
+    if missing:
+        warn(f"{lib} lacks the symbol {missing[0]!r}")
+        return None
+    return handle
 
 
-def _warn(msg: str) -> None:
-    warnings.warn(
-        f"gtpe: {msg}; using the (slower) pure-torch path instead. Set GTPE_NATIVE=0 to "
-        "silence this.",
-        RuntimeWarning,
-        stacklevel=4,
-    )
+def _warn(msg: str, fallback: bool = True) -> None:
+    tail = "; using the (slower) pure-torch path instead" if fallback else ""
+    warnings.warn(f"gtpe: {msg}{tail}. Set GTPE_NATIVE=0 to silence this.", RuntimeWarning, stacklevel=4)
