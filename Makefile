@@ -12,6 +12,12 @@ ifeq ($(origin GTPE_MIRROR), undefined)
   endif
 endif
 
+# Runs from the checkout keep their data in its datasets/ folder (a library user elsewhere gets
+# $XDG_CACHE_HOME/gtpe, default ~/.cache/gtpe) unless GTPE_DATA_ROOT is set.
+ifeq ($(origin GTPE_DATA_ROOT), undefined)
+  export GTPE_DATA_ROOT := $(abspath datasets)
+endif
+
 .PHONY: venv demo test lint bench clean
 
 venv: $(VENV)/.installed

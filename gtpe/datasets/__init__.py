@@ -3,13 +3,24 @@
 ``load_dataset(name)`` returns ``{'train', 'val', 'test'}`` PyG datasets equal to the official ones
 (PyG ``ZINC(subset=True)``, OGB ``ogbg-molhiv``, PyG ``LRGBDataset``, PyG ``Planetoid``), built from
 the official sources or, offline, from the mirror folder in ``$GTPE_MIRROR``, and cached under the
-data root (``$GTPE_DATA_ROOT`` or ``./datasets``).
+data root (``root=``, else ``$GTPE_DATA_ROOT``, else ``$XDG_CACHE_HOME/gtpe``, default
+``~/.cache/gtpe``).
+
+Names are imported on first use, so ``from gtpe.datasets import datasets_table`` (the registry,
+``describe``, ``data_root``) loads neither torch nor PyG, RDKit or OGB.
 """
-from .base import GraphDataset
-from .errors import DatasetError
-from .info import DatasetInfo, dataset_info, list_datasets
-from .load import data_root, datasets_table, describe, load_dataset
-from .metrics import evaluate, higher_is_better
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import GraphDataset
+    from .catalog import data_root, datasets_table, describe
+    from .errors import DatasetError
+    from .info import DatasetInfo, dataset_info, list_datasets
+    from .load import load_dataset
+    from .metrics import evaluate, higher_is_better
 
 __all__ = [
     'DatasetError',
@@ -24,3 +35,27 @@ __all__ = [
     'list_datasets',
     'load_dataset',
 ]
+
+_WHERE = {
+    'DatasetError': 'errors',
+    'DatasetInfo': 'info',
+    'dataset_info': 'info',
+    'list_datasets': 'info',
+    'GraphDataset': 'base',
+    'data_root': 'catalog',
+    'datasets_table': 'catalog',
+    'describe': 'catalog',
+    'load_dataset': 'load',
+    'evaluate': 'metrics',
+    'higher_is_better': 'metrics',
+}
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f'{__name__}.{_WHERE[name]}'), name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

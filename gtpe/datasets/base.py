@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data, InMemoryDataset
 
-SPLITS = ('train', 'val', 'test')
+from .info import SPLITS
 
 __all__ = ['SPLITS', 'GraphArrays', 'GraphDataset', 'storage_from_list']
 

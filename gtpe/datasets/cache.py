@@ -22,14 +22,16 @@ import torch
 
 from gtpe._atomic import STALE_SECONDS, atomic_write, remove_stale_temporaries
 
+from .catalog import DATA_FILE, MANIFEST_FILE, read_manifest
+
 FORMAT_VERSION = 1
-DATA_FILE = 'data.pt'
-MANIFEST_FILE = 'manifest.json'
 
 log = logging.getLogger('gtpe.datasets')
 
 __all__ = [
+    'DATA_FILE',
     'FORMAT_VERSION',
+    'MANIFEST_FILE',
     'atomic_write',
     'atomic_write_json',
     'compact',
@@ -79,13 +81,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b''):
             h.update(block)
     return h.hexdigest()
-
-
-def read_manifest(folder: Path) -> dict | None:
-    try:
-        return json.loads((Path(folder) / MANIFEST_FILE).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def load_cached(folder: Path, key: dict) -> tuple[Any | None, str]:

@@ -1,5 +1,5 @@
 """Registry of the datasets gtpe can load: static facts (task, metric, input encoders, published
-counts) as :class:`DatasetInfo`, and name resolution with close-match suggestions."""
+counts) as :class:`DatasetInfo`, and name resolution with close-match suggestions (no torch import)."""
 from __future__ import annotations
 
 import difflib
@@ -7,7 +7,9 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import DatasetError
 
-__all__ = ['DatasetInfo', 'dataset_info', 'list_datasets', 'resolve_name']
+__all__ = ['SPLITS', 'DatasetInfo', 'dataset_info', 'list_datasets', 'resolve_name']
+
+SPLITS = ('train', 'val', 'test')
 
 
 @dataclass(frozen=True)

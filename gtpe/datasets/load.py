@@ -1,4 +1,5 @@
-"""``load_dataset``, ``describe`` and ``datasets_table``: the public entry points of gtpe.datasets."""
+"""``load_dataset``: build (once) and load a dataset. ``describe``, ``datasets_table`` and
+``data_root`` live in the torch-free :mod:`gtpe.datasets.catalog` and are re-exported here."""
 from __future__ import annotations
 
 import hashlib
@@ -6,30 +7,27 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gtpe._progress import heartbeat
+
 from . import cache as _cache
 from .base import SPLITS, GraphDataset
-from .errors import DatasetError
-from .info import dataset_info, list_datasets
-from .mirror import MIRROR_ENV, mirror_paths, mirror_root
+from .catalog import DATA_ROOT_ENV, data_root, datasets_table, describe
+from .info import dataset_info
+from .mirror import mirror_paths, mirror_root
 
-DATA_ROOT_ENV = 'GTPE_DATA_ROOT'
 _SMILES_DATASETS = ('ogbg-molhiv', 'peptides-func')
+# wall time of a build from the mirror on a 2-core machine (datasets/README.md, "Build and load times")
+_BUILD_TIME = {'ogbg-molhiv': 'about a minute', 'peptides-func': 'one to two minutes'}
 
 log = logging.getLogger('gtpe.datasets')
 
 __all__ = ['DATA_ROOT_ENV', 'data_root', 'datasets_table', 'describe', 'load_dataset']
-
-
-def data_root(root: str | os.PathLike | None = None) -> Path:
-    """``root``, else ``$GTPE_DATA_ROOT``, else ``./datasets`` (as an absolute path)."""
-    if root is None:
-        root = os.environ.get(DATA_ROOT_ENV, '').strip() or 'datasets'
-    return Path(root).expanduser().absolute()
 
 
 def _gtpe_version() -> str:
@@ -92,6 +90,19 @@ def _stats(splits: dict) -> dict:
     return out
 
 
+def _build_notice(name: str, kind: str, folder: Path, reason: str) -> str:
+    """One line saying that a (long, first-time) build starts: what, from where, into where."""
+    info = dataset_info(name)
+    if kind == 'mirror':
+        source = f'the mirror {mirror_root() / info.mirror_dir}'
+        took = _BUILD_TIME.get(name, 'a few seconds')
+    else:
+        source, took = f'the official source {info.source}', 'download, then processing'
+    if reason == 'missing':
+        return f'gtpe: building {name} from {source} into {folder} (first time only, {took})'
+    return f'gtpe: rebuilding {name} from {source} into {folder} ({reason}, {took})'
+
+
 def _load_base(name: str, root: Path, progress: bool = True) -> tuple[dict, str]:
     """The processed splits of ``name`` (from the cache, or built and cached) and a status."""
     folder = root / name
@@ -101,19 +112,22 @@ def _load_base(name: str, root: Path, progress: bool = True) -> tuple[dict, str]
         return obj, 'hit'
     if reason != 'missing':
         log.warning('gtpe: rebuilding the %s cache in %s (%s)', name, folder / 'processed', reason)
+    if progress:
+        print(_build_notice(name, kind, folder, reason), file=sys.stderr, flush=True)
     # finished RDKit chunks of an interrupted build are kept here (keyed by the source) and reused
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     resume_dir = folder / 'processed' / f'partial-{digest}'
     start = time.perf_counter()
     built = _build(name, kind, files, folder, progress, resume_dir)
     seconds = time.perf_counter() - start
-    obj = {'splits': {s: {'data': _cache.compact(st['data']),
-                          'slices': _cache.compact(st['slices'])}
-                      for s, st in built['splits'].items()},
-           'meta': built.get('meta', {})}
-    info = {'stats': _stats(built['splits']), 'build_seconds': round(seconds, 3),
-            'source_paths': {rel: str(p) for rel, p in (files or {}).items()}}
-    _cache.save_cached(folder / 'processed', key, obj, info)
+    with heartbeat(f'{name}: writing the cache', progress):
+        obj = {'splits': {s: {'data': _cache.compact(st['data']),
+                              'slices': _cache.compact(st['slices'])}
+                          for s, st in built['splits'].items()},
+               'meta': built.get('meta', {})}
+        info = {'stats': _stats(built['splits']), 'build_seconds': round(seconds, 3),
+                'source_paths': {rel: str(p) for rel, p in (files or {}).items()}}
+        _cache.save_cached(folder / 'processed', key, obj, info)
     for stale in (folder / 'processed').glob('partial-*'):
         shutil.rmtree(stale, ignore_errors=True)
     return obj, f'built ({reason})'
@@ -145,13 +159,20 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
 
     Sources: the offline mirror in ``$GTPE_MIRROR`` when set (files checked against their sha256),
     else the official loaders (PyG ``ZINC``/``LRGBDataset``/``Planetoid``, OGB). The processed
-    result is cached under ``<root>/<name>/processed`` (``root``: argument, ``$GTPE_DATA_ROOT`` or
-    ``./datasets``) and rebuilt when stale or corrupt. Node-level datasets return the same one-graph
-    dataset (with ``train_mask``/``val_mask``/``test_mask``) under all three keys.
+    result is cached under ``<root>/<name>/processed`` and rebuilt when stale or corrupt; ``root``
+    is the argument, else ``$GTPE_DATA_ROOT``, else ``$XDG_CACHE_HOME/gtpe`` (default
+    ``~/.cache/gtpe``), never the current folder (:func:`data_root`). Node-level datasets return
+    the same one-graph dataset (with ``train_mask``/``val_mask``/``test_mask``) under all three
+    keys.
 
     ``pre_transform`` (a transform, a list of them or a ``Compose``) runs once over all graphs via
     ``gtpe.precompute(..., cache_dir=<root>/<name>/pe)``; ``transform`` runs on every access.
-    ``progress=False`` hides the progress bars of building and precomputing.
+
+    Progress goes to stderr: a build starts with one line (``gtpe: building <name> from <source>
+    into <folder> (first time only, ...)``), then counted work shows a bar (plain lines in a log)
+    and phases without a count print ``<name>: <phase>: working, N s``, at least every
+    ``$GTPE_PROGRESS_INTERVAL`` seconds (default 10). A cached load prints nothing (apart from
+    ``pre_transform``'s precompute progress). ``progress=False`` hides all of it.
     """
     info = dataset_info(name)
     root = data_root(root)
@@ -173,53 +194,3 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
     for ds in {id(d): d for d in datasets.values()}.values():
         ds.transform = transform
     return datasets
-
-
-def describe(name: str, root: str | os.PathLike | None = None) -> dict:
-    """JSON-able facts about ``name`` without loading it: registry values, the data folder, the
-    source in use and, when a processed cache exists, the counts it holds."""
-    info = dataset_info(name)
-    root = data_root(root)
-    out = info.to_dict()
-    try:
-        mirror = mirror_root()
-        mirror_note = None
-    except DatasetError as e:
-        mirror, mirror_note = None, str(e)
-    out['source_kind'] = 'mirror' if mirror is not None else 'official'
-    out['mirror'] = str(mirror / info.mirror_dir) if mirror is not None else None
-    if mirror_note:
-        out['mirror_error'] = mirror_note
-    out['data_dir'] = str(root / info.name)
-    manifest = _cache.read_manifest(root / info.name / 'processed')
-    data_file = root / info.name / 'processed' / _cache.DATA_FILE
-    cached = bool(manifest) and data_file.is_file() and \
-        data_file.stat().st_size == manifest.get('data_size')
-    out['cached'] = cached
-    if cached:
-        out['cache'] = {'stats': manifest.get('stats'), 'build_seconds': manifest.get('build_seconds'),
-                        'created': manifest.get('created'),
-                        'source': (manifest.get('key') or {}).get('source')}
-    return out
-
-
-def datasets_table(root: str | os.PathLike | None = None) -> str:
-    """An aligned text table of all datasets (for ``gtpe datasets``)."""
-    header = ('name', 'level', 'graphs', 'task', 'metric', 'splits (train/val/test)', 'source',
-              'cached')
-    rows = [header]
-    for name in list_datasets():
-        d = describe(name, root)
-        sp = d['splits']
-        rows.append((d['name'], d['level'], f"{d['num_graphs']:,}", d['task'], d['metric'],
-                     '/'.join(f'{sp[s]:,}' for s in SPLITS)
-                     + (' nodes' if d['level'] == 'node' else ''),
-                     d['source_kind'], 'yes' if d['cached'] else 'no'))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
-    lines = ['  '.join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, '  '.join('-' * w for w in widths))
-    src = os.environ.get(MIRROR_ENV, '').strip()
-    lines.append('')
-    lines.append(f'data root: {data_root(root)}; source: '
-                 + (f'mirror {MIRROR_ENV}={src}' if src else 'official downloads'))
-    return '\n'.join(lines)

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from gtpe._progress import heartbeat
+
 from .base import SPLITS, GraphArrays, arrays_from_featurized, storage_from_list
 from .mirror import read_gzip_csv, read_json, require
 
@@ -42,7 +44,8 @@ def build_mirror(files: dict[str, Path], progress: bool = True,
     from .smiles import featurize_smiles
 
     csv_path = files[CSV_FILE]
-    rows = read_gzip_csv(csv_path, ['smiles', 'HIV_active'])
+    with heartbeat(f'ogbg-molhiv: reading {csv_path.name}', progress):
+        rows = read_gzip_csv(csv_path, ['smiles', 'HIV_active'])
     require(len(rows) == NUM_GRAPHS, csv_path, f'{len(rows)} rows, expected {NUM_GRAPHS}')
     try:
         labels = [int(r['HIV_active']) for r in rows]
@@ -52,9 +55,10 @@ def build_mirror(files: dict[str, Path], progress: bool = True,
     featurized = featurize_smiles([r['smiles'] for r in rows], progress=progress,
                                   desc='ogbg-molhiv: SMILES -> graphs',
                                   resume_dir=resume_dir)
-    y = torch.tensor(labels, dtype=torch.long).view(-1, 1)            # [G, 1]
-    graphs = arrays_from_featurized(featurized, y)
-    splits = {s: graphs.select(split[s]).storage() for s in SPLITS}
+    with heartbeat('ogbg-molhiv: assembling the splits', progress):
+        y = torch.tensor(labels, dtype=torch.long).view(-1, 1)        # [G, 1]
+        graphs = arrays_from_featurized(featurized, y)
+        splits = {s: graphs.select(split[s]).storage() for s in SPLITS}
     return {'splits': splits, 'meta': {'fallback_rows': featurized[5]}}
 
 
@@ -73,15 +77,17 @@ def build_official(folder: Path, progress: bool = True) -> dict:
     from torch_geometric.data import Data
 
     torch.serialization.add_safe_globals(_ogb_safe_globals())
-    ds = PygGraphPropPredDataset('ogbg-molhiv', root=str(folder))
-    idx = ds.get_idx_split()
+    with heartbeat('ogbg-molhiv: OGB dataset (download, processing)', progress):
+        ds = PygGraphPropPredDataset('ogbg-molhiv', root=str(folder))
+        idx = ds.get_idx_split()
     splits = {}
-    for split, key in zip(SPLITS, ('train', 'valid', 'test')):
-        graphs = []
-        for i in idx[key].tolist():
-            g = ds[i]
-            graphs.append(Data(x=g.x, edge_index=g.edge_index, edge_attr=g.edge_attr, y=g.y))
-        splits[split] = storage_from_list(graphs)
+    with heartbeat('ogbg-molhiv: assembling the splits', progress):
+        for split, key in zip(SPLITS, ('train', 'valid', 'test')):
+            graphs = []
+            for i in idx[key].tolist():
+                g = ds[i]
+                graphs.append(Data(x=g.x, edge_index=g.edge_index, edge_attr=g.edge_attr, y=g.y))
+            splits[split] = storage_from_list(graphs)
     return {'splits': splits, 'meta': {}}
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from gtpe._progress import heartbeat
+
 from .base import SPLITS, arrays_from_featurized, storage_from_list
 from .mirror import read_gzip_csv, require
 from .molhiv import read_split
@@ -25,7 +27,8 @@ def build_mirror(files: dict[str, Path], progress: bool = True,
     from .smiles import featurize_smiles
 
     csv_path = files[CSV_FILE]
-    rows = read_gzip_csv(csv_path, ['smiles', 'labels'])
+    with heartbeat(f'peptides-func: reading {csv_path.name}', progress):
+        rows = read_gzip_csv(csv_path, ['smiles', 'labels'])
     require(len(rows) == NUM_GRAPHS, csv_path, f'{len(rows)} rows, expected {NUM_GRAPHS}')
     try:
         labels = [json.loads(r['labels']) for r in rows]
@@ -37,9 +40,10 @@ def build_mirror(files: dict[str, Path], progress: bool = True,
     featurized = featurize_smiles([r['smiles'] for r in rows], progress=progress,
                                   desc='peptides-func: SMILES -> graphs',
                                   resume_dir=resume_dir)
-    y = torch.tensor(labels, dtype=torch.float32)                     # [G, 10]
-    graphs = arrays_from_featurized(featurized, y)
-    splits = {s: graphs.select(split[s]).storage() for s in SPLITS}
+    with heartbeat('peptides-func: assembling the splits', progress):
+        y = torch.tensor(labels, dtype=torch.float32)                 # [G, 10]
+        graphs = arrays_from_featurized(featurized, y)
+        splits = {s: graphs.select(split[s]).storage() for s in SPLITS}
     return {'splits': splits, 'meta': {'fallback_rows': featurized[5]}}
 
 
@@ -47,6 +51,8 @@ def build_official(folder: Path, progress: bool = True) -> dict:
     from torch_geometric.datasets import LRGBDataset
     splits = {}
     for split in SPLITS:
-        ds = LRGBDataset(str(folder), 'peptides-func', split=split)
-        splits[split] = storage_from_list([ds[i] for i in range(len(ds))])
+        with heartbeat(f'peptides-func: PyG LRGBDataset {split} split (download, processing)',
+                       progress):
+            ds = LRGBDataset(str(folder), 'peptides-func', split=split)
+            splits[split] = storage_from_list([ds[i] for i in range(len(ds))])
     return {'splits': splits, 'meta': {}}

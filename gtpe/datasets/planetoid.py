@@ -13,6 +13,8 @@ import tarfile
 import zlib
 from pathlib import Path
 
+from gtpe._progress import heartbeat
+
 from .base import storage_from_list
 from .errors import DatasetError
 
@@ -51,9 +53,10 @@ def build_mirror(name: str, files: dict[str, Path], work: Path, progress: bool =
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
-    _extract(tar_path, work, pyg_name)
     try:
-        return _build(work, pyg_name)
+        with heartbeat(f'{name}: extracting {tar_path.name} and processing it with PyG', progress):
+            _extract(tar_path, work, pyg_name)
+            return _build(work, pyg_name)
     except (ValueError, OSError, EOFError, IndexError, KeyError, pickle.UnpicklingError) as e:
         if isinstance(e, DatasetError):
             raise
@@ -62,4 +65,5 @@ def build_mirror(name: str, files: dict[str, Path], work: Path, progress: bool =
 
 
 def build_official(name: str, folder: Path, progress: bool = True) -> dict:
-    return _build(folder, PYG_NAMES[name])
+    with heartbeat(f'{name}: PyG Planetoid (download, processing)', progress):
+        return _build(folder, PYG_NAMES[name])

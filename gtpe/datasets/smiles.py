@@ -17,7 +17,8 @@ non-strictly, and every sanitisation step except the valence check (``SANITIZE_P
 For those 7 rows this reproduces the features of RDKit 2024.03.6 exactly
 (fixture ``tests/data/molhiv_rdkit2024_rows.json``).
 
-This module imports neither torch nor the rest of gtpe, so worker processes start quickly.
+This module imports neither torch nor any gtpe module that does (``featurize_smiles`` uses the
+stdlib-only :mod:`gtpe._progress`), so worker processes start quickly.
 """
 from __future__ import annotations
 
@@ -239,10 +240,13 @@ def featurize_smiles(smiles: Sequence[str], *, num_workers: int | None = None,
     ``num_workers``: processes (default ``$GTPE_NUM_WORKERS`` or ``os.cpu_count()``; 1 = serial).
     ``resume_dir``: finished chunks are saved there, so an interrupted run continues where it
     stopped (the caller must use a folder specific to the SMILES list and RDKit version).
+    ``progress``: a bar on a terminal, a plain line at least every ``$GTPE_PROGRESS_INTERVAL``
+    seconds elsewhere (:func:`gtpe._progress.progress_bar`); it counts the molecules still to do and
+    names those done before (``<desc> (N done before)``).
     """
     import os
 
-    from tqdm.auto import tqdm
+    from gtpe._progress import progress_bar
 
     n = len(smiles)
     jobs = [(i, list(smiles[i:i + chunk_size])) for i in range(0, n, chunk_size)]
@@ -261,8 +265,10 @@ def featurize_smiles(smiles: Sequence[str], *, num_workers: int | None = None,
             else:
                 results.append(res)
         jobs = todo
-    bar = tqdm(total=n, desc=desc, unit='mol', disable=not progress, mininterval=0.5,
-               initial=sum(len(r[4]) for r in results))
+    resumed = sum(len(r[4]) for r in results)
+    if resumed:
+        desc = f'{desc} ({resumed} done before)'
+    bar = progress_bar(total=n - resumed, desc=desc, unit='mol', enabled=progress, mininterval=0.5)
 
     def done(res):
         results.append(res)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from gtpe._progress import heartbeat
+
 from .base import SPLITS, GraphArrays, storage_from_list
 from .mirror import read_gzip_json, require
 
@@ -24,7 +26,8 @@ def _ptr(values, path: Path, what: str, n: int) -> torch.Tensor:
 
 def build_mirror(files: dict[str, Path], progress: bool = True) -> dict:
     path = files[MIRROR_FILE]
-    raw = read_gzip_json(path)
+    with heartbeat(f'zinc: reading {path.name}', progress):
+        raw = read_gzip_json(path)
     require(isinstance(raw, dict) and all(s in raw for s in SPLITS), path,
             'expected an object with train/val/test')
     splits = {}
@@ -51,6 +54,7 @@ def build_official(folder: Path, progress: bool = True) -> dict:
     from torch_geometric.datasets import ZINC
     splits = {}
     for split in SPLITS:
-        ds = ZINC(str(folder), subset=True, split=split)
-        splits[split] = storage_from_list([ds[i] for i in range(len(ds))])
+        with heartbeat(f'zinc: PyG ZINC {split} split (download, processing)', progress):
+            ds = ZINC(str(folder), subset=True, split=split)
+            splits[split] = storage_from_list([ds[i] for i in range(len(ds))])
     return {'splits': splits, 'meta': {}}
