@@ -1,10 +1,12 @@
 """Atomic file writes, shared by the dataset cache, the PE cache and training checkpoints.
 
-``atomic_write(path, write)`` fills a temporary file ``.<name>.<random>.tmp`` in the same folder,
+``atomic_write(path, write)`` fills a temporary file ``.gtpe-<name>.<random>.tmp`` in the same folder,
 flushes and ``fsync``s it, then moves it over ``path`` with :func:`os.replace` (atomic on POSIX): a
 reader — or a run killed at any moment — sees the old complete file or the new complete file, never
 a truncated one. The file gets the usual permissions (``0o666`` minus the umask), not ``mkstemp``'s
-``0o600``. ``remove_stale_temporaries(folder)`` deletes temporaries left by killed processes.
+``0o600``. ``remove_stale_temporaries(folder)`` deletes temporaries left by killed processes: only
+files named with gtpe's own prefix (``.gtpe-*.tmp``), never another file of the folder (a user's
+``.notes.tmp`` survives).
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ['STALE_SECONDS', 'TEMP_GLOB', 'atomic_write', 'remove_stale_temporaries']
+__all__ = ['STALE_SECONDS', 'TEMP_GLOB', 'TEMP_PREFIX', 'atomic_write', 'remove_stale_temporaries']
 
-TEMP_GLOB = '.*.tmp'  # names of atomic_write's temporary files
+TEMP_PREFIX = '.gtpe-'  # atomic_write's temporaries: .gtpe-<name>.<random>.tmp
+TEMP_GLOB = TEMP_PREFIX + '*.tmp'  # what remove_stale_temporaries may delete
 # where other processes may be writing (shared caches): a temporary untouched this long belongs
 # to a killed writer
 STALE_SECONDS = 3600
@@ -35,7 +38,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], Any],
     (or interruption) the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f'{TEMP_PREFIX}{path.name}.', suffix='.tmp',
+                               dir=path.parent)
     try:
         os.fchmod(fd, _file_mode())
         with os.fdopen(fd, 'wb' if binary else 'w') as f:
@@ -52,14 +56,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], Any],
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, older_than: float = 0.0) -> int:
-    """Delete ``atomic_write`` temporaries in ``folder`` last modified more than ``older_than``
-    seconds ago (``0``: all of them; pass a margin where another process may be writing).
-    Returns how many were removed."""
+    """Delete ``atomic_write`` temporaries (``.gtpe-*.tmp``, nothing else) in ``folder`` last
+    modified more than ``older_than`` seconds ago (``0``: all of them; pass a margin where
+    another process may be writing). Returns how many were removed."""
     removed = 0
     now = time.time()
     for tmp in Path(folder).glob(TEMP_GLOB):
         try:
-            if now - tmp.stat().st_mtime >= older_than:
+            if tmp.is_file() and now - tmp.stat().st_mtime >= older_than:
                 tmp.unlink()
                 removed += 1
         except FileNotFoundError:

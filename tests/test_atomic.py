@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from gtpe._atomic import atomic_write, remove_stale_temporaries
+from gtpe._atomic import TEMP_PREFIX, atomic_write, remove_stale_temporaries
 
 
 def test_replaces_atomically_and_leaves_no_temporary(tmp_path):
@@ -39,7 +39,8 @@ def test_permissions_follow_the_umask(tmp_path, umask):
 
 
 def test_remove_stale_temporaries_respects_age(tmp_path):
-    old, fresh, keep = tmp_path / '.a.pt.x1.tmp', tmp_path / '.b.pt.x2.tmp', tmp_path / 'c.tmp'
+    old, fresh = tmp_path / '.gtpe-a.pt.x1.tmp', tmp_path / '.gtpe-b.pt.x2.tmp'
+    keep = tmp_path / 'c.tmp'
     for p in (old, fresh, keep):
         p.write_bytes(b'')
     hour_ago = time.time() - 3600
@@ -48,3 +49,30 @@ def test_remove_stale_temporaries_respects_age(tmp_path):
     assert not old.exists() and fresh.exists() and keep.exists()
     assert remove_stale_temporaries(tmp_path) == 1
     assert not fresh.exists() and keep.exists()
+
+
+def test_temporaries_carry_gtpe_prefix(tmp_path):
+    seen = []
+
+    def write(f):
+        seen.extend(os.listdir(tmp_path))
+        f.write(b'x')
+    atomic_write(tmp_path / 'model.pt', write)
+    assert seen[0].startswith(TEMP_PREFIX + 'model.pt.') and seen[0].endswith('.tmp')
+    assert TEMP_PREFIX == '.gtpe-'
+
+
+def test_users_temporary_files_survive_every_cleanup(tmp_path):
+    # a user's own dot-tmp files (even old ones, even shaped like the old '.<name>.<rand>.tmp')
+    users = [tmp_path / n for n in ('.notes.tmp', '.a.pt.x1y2z3ab.tmp', '.gtpe.tmp',
+                                    '.gtpe-notes', 'gtpe-x.tmp')]
+    for p in users:
+        p.write_text('mine')
+        os.utime(p, (1, 1))
+    ours = tmp_path / '.gtpe-results.json.k1ll3d.tmp'
+    ours.write_text('half')
+    os.utime(ours, (1, 1))
+    assert remove_stale_temporaries(tmp_path) == 1          # what --out does (no margin)
+    assert remove_stale_temporaries(tmp_path, older_than=3600) == 0    # what the caches do
+    assert not ours.exists()
+    assert all(p.read_text() == 'mine' for p in users)

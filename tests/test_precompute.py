@@ -103,15 +103,84 @@ def test_cache_hit_invalidation_and_corruption(tmp_path, monkeypatch):
         assert pc._read_entry(path) is not None                  # rewritten, valid
 
 
-def test_atomic_write(tmp_path, monkeypatch):
+def test_failed_cache_write_warns_and_returns_the_result(tmp_path, monkeypatch):
+    # a write that fails half-way leaves no partial or temporary file and loses no result
     ds = make_graphs(5)
+    ref = precompute(ds, [AddRWSE(3)], progress=False)
 
     def fail(*a, **k):
         raise OSError('disk full')
     monkeypatch.setattr(pc.os, 'fsync', fail)
-    with pytest.raises(OSError, match='disk full'):
-        precompute(ds, [AddRWSE(3)], cache_dir=tmp_path, progress=False)
+    with pytest.warns(UserWarning, match=r'could not write the cache entry .*disk full.*'
+                                         r'returning the computed result'):
+        out = precompute(ds, [AddRWSE(3)], cache_dir=tmp_path, progress=False)
+    for a, b in zip(out, ref):
+        assert_same(a, b)
     assert os.listdir(tmp_path) == []                            # no partial or tmp file
+
+
+def test_unwritable_cache_dir_warns_and_returns_the_result(tmp_path):
+    # a folder under a regular file cannot be created, even by root
+    (tmp_path / 'somefile').write_text('a user file')
+    ds = make_graphs(4)
+    with pytest.warns(UserWarning, match=r'precompute: could not write the cache entry '
+                                         r'.*somefile.*returning the computed result'):
+        out = precompute(ds, [AddRWSE(3)], cache_dir=tmp_path / 'somefile' / 'sub',
+                         progress=False)
+    ref = precompute(ds, [AddRWSE(3)], progress=False)
+    for a, b in zip(out, ref):
+        assert_same(a, b)
+    assert (tmp_path / 'somefile').read_text() == 'a user file'
+
+
+def test_cache_cleanup_keeps_a_users_temporary_files(tmp_path):
+    import time
+    user = tmp_path / '.notes.tmp'
+    user.write_text('my notes')
+    ours = tmp_path / '.gtpe-pe-0123.pt.k1ll3d.tmp'          # what a killed writer leaves
+    ours.write_bytes(b'half')
+    old = time.time() - 3 * 3600
+    for p in (user, ours):
+        os.utime(p, (old, old))
+    precompute(make_graphs(3), [AddRWSE(3)], cache_dir=tmp_path, progress=False)
+    assert user.read_text() == 'my notes' and not ours.exists()
+
+
+def test_graphs_with_and_without_edge_weight_are_an_error():
+    ds = make_graphs(9)
+    for i in (0, 2, 3, 5, 6, 7, 8):
+        ds[i].edge_weight = torch.ones(ds[i].edge_index.size(1))
+    for ts in ([AddRWSE(3)], [AddDegree()], [AddRRWP(3)]):
+        with pytest.raises(ValueError, match=r"precompute: 2 of 9 graphs have no 'edge_weight' "
+                                             r"\(graph indices \[1, 4\]\)"):
+            precompute(ds, ts, progress=False)
+    # the other order: the first graph unweighted
+    ds = make_graphs(4)
+    ds[3].edge_weight = torch.ones(ds[3].edge_index.size(1))
+    with pytest.raises(ValueError, match=r"3 of 4 graphs have no 'edge_weight' "
+                                         r"\(graph indices \[0, 1, 2\]\)"):
+        precompute(ds, [AddRWSE(3)], progress=False)
+
+
+def test_progress_lines_in_a_log(monkeypatch, capsys):
+    # not a terminal (captured stderr): plain lines at least every GTPE_PROGRESS_INTERVAL s
+    import re
+    import time
+    monkeypatch.setenv('GTPE_PROGRESS_INTERVAL', '0.05')
+
+    class Slow(BaseTransform):
+        def forward(self, data):
+            time.sleep(0.03)
+            return data
+    precompute(make_graphs(12), [Slow()], batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith('precompute: ')]
+    assert re.fullmatch(r'precompute: 0/12 graph \(0%\)', lines[0]), lines
+    assert lines[-1].startswith('precompute: 12/12 graph (100%)') and lines[-1].endswith('done')
+    assert len(lines) >= 4, lines                        # intermediate lines too
+    assert '\r' not in err
+    precompute(make_graphs(3), [Slow()], progress=False)
+    assert capsys.readouterr().err == ''
 
 
 def test_errors():

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Batch
 
+from gtpe.transforms._validate import batch_ptr, check_edge_index
+
 
 def is_batch(data) -> bool:
     return isinstance(data, Batch) and getattr(data, '_slice_dict', None) is not None
@@ -64,33 +66,33 @@ def device_of(data) -> torch.device:
     return torch.device('cpu')
 
 
-def edge_weight_of(data, num_edges: int, device) -> Tensor | None:
-    """``data.edge_weight`` validated (1-D, finite, non-negative) or ``None``."""
+def edge_weight_of(data, num_edges: int, device, owner: str = 'transform') -> Tensor | None:
+    """``data.edge_weight`` validated (one finite, non-negative weight per edge) or ``None``."""
     w = getattr(data, 'edge_weight', None)
     if w is None:
         return None
+    if not isinstance(w, Tensor):
+        raise ValueError(f"{owner}: edge_weight must be a tensor [num_edges={num_edges}], got "
+                         f"{type(w).__name__}")
     w = w.reshape(-1) if w.dim() == 2 and w.size(-1) == 1 else w
     if w.dim() != 1 or w.numel() != num_edges:
-        raise ValueError(f"edge_weight must have shape [num_edges={num_edges}], got "
-                         f"{tuple(w.shape)}")
+        raise ValueError(f"{owner}: edge_weight must have shape [num_edges={num_edges}], got "
+                         f"{list(w.shape)}")
     w = w.to(device, torch.float64)
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
-        raise ValueError("edge_weight must be finite and non-negative")
+        raise ValueError(f"{owner}: edge_weight must be finite and non-negative")
     return w
 
 
-def get_edges(data) -> tuple[Tensor, Tensor | None]:
-    ei = getattr(data, 'edge_index', None)
-    device = device_of(data)
-    if ei is None:
-        ei = torch.empty(2, 0, dtype=torch.long, device=device)
-    ei = ei.to(torch.long)
-    if ei.dim() != 2 or ei.size(0) != 2:
-        raise ValueError(f"edge_index must have shape [2, E], got {tuple(ei.shape)}")
-    N = int(data.num_nodes or 0)
-    if ei.numel() and (int(ei.min()) < 0 or int(ei.max()) >= N):
-        raise ValueError(f"edge_index contains node ids outside [0, {N})")
-    return ei, edge_weight_of(data, ei.size(1), ei.device)
+def get_edges(data, owner: str = 'transform', weights: bool = True
+              ) -> tuple[Tensor, Tensor | None]:
+    """``(edge_index [2, E] long, edge_weight float64 or None)`` of ``data`` after
+    :func:`gtpe.transforms._validate.check_edge_index` (integer ids in ``[0, N)``, no edge
+    between two graphs of a Batch); errors name ``owner``.  ``weights=False`` neither reads
+    nor checks ``edge_weight``."""
+    ptr = batch_ptr(data, owner)
+    ei = check_edge_index(data, owner, ptr)
+    return ei, edge_weight_of(data, ei.size(1), ei.device, owner) if weights else None
 
 
 def node_graph(ptr: Tensor, device) -> Tensor:

@@ -6,12 +6,14 @@ Shirzad et al., "Exphormer: Sparse Transformers for Graphs", ICML 2023
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
 from torch_geometric.transforms import BaseTransform
 
 from gtpe.transforms import _sparse as sp
+from gtpe.transforms._validate import check_float, check_int
 
 _M32 = 0xFFFFFFFF
 
@@ -75,24 +77,31 @@ class AddExpanderEdges(BaseTransform):
 
     Args:
         degree (int): ``d``, the number of permutations (default 3: a 6-regular overlay).
-        seed (int): the seed.
-        max_retries (int): maximal number of draws per graph.
-        tol (float): slack over the Ramanujan bound ``2 sqrt(2d - 1)``.
+        seed (int): the seed, an integer in ``[0, 2**64)``.  There is no unseeded mode:
+            ``seed=None`` is an error (the overlay is a function of the seed and the graph).
+        max_retries (int): maximal number of draws per graph (>= 1).
+        tol (float): slack over the Ramanujan bound ``2 sqrt(2d - 1)`` (finite, >= 0).
         dense_check_nodes (int): largest graph checked with dense ``eigvalsh``.
+
+    ``edge_index`` must hold integer node ids in ``[0, N)`` and, in a Batch, no edge between
+    two graphs (``ValueError`` otherwise); ``edge_weight`` is not read.
     """
     supports_batch = True
+    batch_keys = ('edge_index',)  # what forward reads (gtpe.precompute)
 
     def __init__(self, degree: int = 3, seed: int = 0, max_retries: int = 10,
                  tol: float = 0.5, dense_check_nodes: int = 512) -> None:
-        if int(degree) < 1:
-            raise ValueError(f"AddExpanderEdges: degree must be >= 1, got {degree}")
-        if int(max_retries) < 1:
-            raise ValueError(f"AddExpanderEdges: max_retries must be >= 1, got {max_retries}")
-        self.degree = int(degree)
-        self.seed = int(seed)
-        self.max_retries = int(max_retries)
-        self.tol = float(tol)
-        self.dense_check_nodes = int(dense_check_nodes)
+        name = 'AddExpanderEdges'
+        self.degree = check_int(degree, 'degree', name)
+        if seed is None or isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise ValueError(f"AddExpanderEdges: seed must be an integer in [0, 2**64) (the "
+                             f"overlay is a deterministic function of the seed and the graph; "
+                             f"there is no unseeded mode), got {seed!r}")
+        self.seed = check_int(seed, 'seed', name, minimum=0, maximum=2**64)
+        self.max_retries = check_int(max_retries, 'max_retries', name)
+        self.tol = check_float(tol, 'tol', name)
+        self.dense_check_nodes = check_int(dense_check_nodes, 'dense_check_nodes', name,
+                                           minimum=0)
 
     @property
     def threshold(self) -> float:
@@ -187,7 +196,7 @@ class AddExpanderEdges(BaseTransform):
     # ------------------------------------------------------------------ forward
     def forward(self, data):
         d = self.degree
-        ei, _ = sp.get_edges(data)
+        ei, _ = sp.get_edges(data, 'AddExpanderEdges', weights=False)
         device = ei.device
         ptr = sp.graph_ptr(data)
         G = ptr.numel() - 1

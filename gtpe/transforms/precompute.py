@@ -11,25 +11,27 @@ of one fresh tensor per chunk, like ``InMemoryDataset.get``).  Chunks of small g
 (<= 256 nodes) on CPU run on one intra-op thread: their work is a stream of small
 kernels, which 2 OpenMP threads on busy cores made 5-10x slower.
 
-Cache (``cache_dir``): one file ``<cache_dir>/pe-<key>.pt`` per (dataset, transforms) where
-``key = sha256(fingerprint(data_list) | repr(transforms) | gtpe.__version__)``.  The
-fingerprint hashes every graph's attribute names, dtypes, shapes and tensor bytes, so any
-change of structure or features, of a transform parameter (``__repr__`` shows all of them)
-or of the library version selects a new entry.  A file holds a header line, the sha256 of
-the payload and the payload (``torch.save`` of plain tensors, loaded with
-``weights_only=True``); it is written to a temporary file in the same folder, fsynced and
-moved into place with :func:`os.replace` (atomic: readers see the old entry or the complete
-new one, never a partial file).  An entry whose header, checksum or contents do not verify
-is ignored, recomputed and rewritten.
+Cache (``cache_dir``): one file ``<cache_dir>/pe-<key>.pt`` per (dataset, transforms); the
+key hashes the data (every graph's attribute names, dtypes, shapes and tensor bytes), every
+transform's qualified class name and full parameter state (not its ``repr``) and the library
+versions.  Transforms whose state cannot be fingerprinted (functions, lambdas, RNG objects,
+...) are computed without the cache, with one warning.  Entries are checksummed and written
+atomically; an unwritable cache folder gives a warning, not an error.  The exact design is in
+:func:`precompute`'s docstring.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import io
 import os
+import sys
+import types
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from pathlib import PurePath
 from typing import Any
 
 import torch
@@ -38,9 +40,12 @@ from torch_geometric.data import Batch, Data
 from torch_geometric.transforms import Compose
 
 from gtpe._atomic import STALE_SECONDS, atomic_write, remove_stale_temporaries
+from gtpe._progress import progress_bar
 from gtpe.transforms._sparse import single_thread
+from gtpe.transforms._validate import check_edge_index, check_int
 
 _MAGIC = b'GTPE-PE-CACHE v1\n'
+_KEY_VERSION = 2          # of the cache-key scheme (v1: repr of the transforms)
 _SKIP = ('batch', 'ptr')
 
 
@@ -83,8 +88,208 @@ def _supports_batch(t) -> bool:
 
 
 def transforms_repr(transforms) -> str:
-    """Canonical description of the transforms (a list, a Compose or one transform)."""
+    """Readable description of the transforms (a list, a Compose or one transform), for
+    messages; not the cache key (a ``repr`` may omit parameters: see :func:`cache_key`)."""
     return '[' + ', '.join(repr(t) for t in _flatten(transforms)) + ']'
+
+
+# ----------------------------------------------------------------------------- transform keys
+class _Unfingerprintable(Exception):
+    """Raised inside :func:`_encode` with the reason (which attribute, what it holds)."""
+
+
+_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+_MAX_DEPTH = 64
+
+
+def _qualname(cls: type) -> str:
+    return f'{cls.__module__}.{cls.__qualname__}'
+
+
+def _stateless_bases() -> tuple[type, ...]:
+    import typing
+    return (object, typing.Generic)
+
+
+def _native(cls: type) -> bool:
+    """True for a class implemented in C (its instances keep state outside Python attributes:
+    ``random.Random``'s base, ``torch.Generator``, numpy's generators, locks, files,
+    ``functools.partial``): its own namespace holds C-level method/member descriptors."""
+    if cls in _stateless_bases():
+        return False
+    slots = cls.__dict__.get('__slots__', ())
+    slots = (slots,) if isinstance(slots, str) else tuple(slots)
+    for name, v in cls.__dict__.items():
+        if isinstance(v, (types.MethodDescriptorType, types.WrapperDescriptorType,
+                          types.ClassMethodDescriptorType)):
+            return True
+        if isinstance(v, types.BuiltinFunctionType) and name == '__new__':
+            return True
+        if isinstance(v, types.GetSetDescriptorType) and name not in ('__dict__', '__weakref__'):
+            return True
+        if isinstance(v, types.MemberDescriptorType) and name not in slots:
+            return True
+    return False
+
+
+def _slot_values(obj: Any) -> list[tuple[str, Any]]:
+    out = []
+    for cls in type(obj).__mro__:
+        slots = cls.__dict__.get('__slots__', ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name in ('__dict__', '__weakref__'):
+                continue
+            attr = f'_{cls.__name__.lstrip("_")}{name}' if name.startswith('__') and \
+                not name.endswith('__') else name
+            out.append((f'{cls.__qualname__}.{name}', getattr(obj, attr, _UNSET)))
+    return out
+
+
+_UNSET = object()
+_CALLABLES = (types.FunctionType, types.MethodType, types.BuiltinFunctionType,
+              types.BuiltinMethodType, types.MethodDescriptorType, types.WrapperDescriptorType,
+              types.MethodWrapperType, functools.partial)
+
+
+def _function_kind(f: Any) -> str:
+    """'a lambda defined at file.py:12', 'a function (mod.name)', ..."""
+    code = getattr(f, '__code__', None)
+    if getattr(f, '__name__', '') == '<lambda>' and code is not None:
+        return f'a lambda defined at {os.path.basename(code.co_filename)}:{code.co_firstlineno}'
+    if isinstance(f, functools.partial):
+        return 'a functools.partial'
+    name = getattr(f, '__qualname__', None) or repr(f)
+    return f"a function ({getattr(f, '__module__', None) or '?'}.{name})"
+
+
+def _digest(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _encode(obj: Any, path: str, stack: list[int], packages: set[str]) -> Any:
+    """Canonical, deterministic encoding (nested tuples of str/int) of ``obj``'s value; raises
+    :class:`_Unfingerprintable` for state that has none (functions, C objects, ...)."""
+    import enum
+
+    import numpy as np
+
+    if len(stack) > _MAX_DEPTH:
+        raise _Unfingerprintable(f'{path} is nested more than {_MAX_DEPTH} levels deep')
+    if isinstance(obj, enum.Enum):
+        return ('enum', _qualname(type(obj)), obj.name)
+    t = type(obj)
+    if t in _SCALARS:
+        if t is float:
+            return ('float', obj.hex())
+        if t is complex:
+            return ('complex', obj.real.hex(), obj.imag.hex())
+        if t is bytes:
+            return ('bytes', _digest(obj))
+        return (t.__name__, obj)
+    if isinstance(obj, Tensor):
+        if obj.layout != torch.strided or obj.is_quantized or obj.device.type == 'meta':
+            raise _Unfingerprintable(f'{path} is a {obj.layout} tensor on {obj.device}')
+        v = obj.detach().resolve_conj().resolve_neg().cpu().contiguous().reshape(-1)
+        raw = v.view(torch.uint8).numpy().tobytes() if v.numel() else b''
+        return ('tensor', _qualname(t), str(obj.dtype), tuple(obj.shape), _digest(raw))
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.hasobject:
+            raise _Unfingerprintable(f'{path} is a numpy array of dtype object')
+        return ('ndarray', repr(obj.dtype), obj.shape, _digest(np.ascontiguousarray(obj).tobytes()))
+    if isinstance(obj, np.generic):
+        if obj.dtype.hasobject:
+            raise _Unfingerprintable(f'{path} is a numpy object scalar')
+        return ('npscalar', repr(obj.dtype), _digest(obj.tobytes()))
+    if isinstance(obj, (np.dtype, torch.dtype, torch.device, torch.layout, torch.memory_format)):
+        return ('dtype', _qualname(t), str(obj))
+    if isinstance(obj, type):
+        return ('class', _qualname(obj))
+    if isinstance(obj, (range, slice)):
+        return (t.__name__, obj.start, obj.stop, obj.step)
+    if isinstance(obj, PurePath):
+        return ('path', _qualname(t), str(obj))
+    if isinstance(obj, _CALLABLES):
+        raise _Unfingerprintable(f'{path} is {_function_kind(obj)}: its behaviour is code, '
+                                 f'not parameters')
+    if isinstance(obj, types.ModuleType):
+        raise _Unfingerprintable(f'{path} is a module ({obj.__name__})')
+    if id(obj) in stack:                             # a cycle: refer to the enclosing level
+        return ('ref', len(stack) - stack.index(id(obj)))
+    stack.append(id(obj))
+    try:
+        return _encode_container(obj, path, stack, packages)
+    finally:
+        stack.pop()
+
+
+def _encode_container(obj: Any, path: str, stack: list[int], packages: set[str]) -> Any:
+    t = type(obj)
+    if t in (list, tuple, torch.Size):
+        return (t.__name__, tuple(_encode(v, f'{path}[{i}]', stack, packages)
+                                  for i, v in enumerate(obj)))
+    if t in (dict, OrderedDict):
+        items = [(_encode(k, f'{path} key', stack, packages),
+                  _encode(v, f'{path}[{k!r}]', stack, packages)) for k, v in obj.items()]
+        return ('dict', tuple(sorted(items, key=repr)))
+    if t in (set, frozenset):
+        return ('set', tuple(sorted((_encode(v, f'{path} element', stack, packages)
+                                     for v in obj), key=repr)))
+    # any other object: its class and its attributes (vars and __slots__), recursively
+    for cls in t.__mro__:
+        if _native(cls) and not (isinstance(obj, (list, tuple, dict, set, frozenset)) and
+                                 cls in (list, tuple, dict, set, frozenset, OrderedDict)):
+            raise _Unfingerprintable(f'{path} is a {_qualname(t)} object, whose state '
+                                     f'({_qualname(cls)}) is not held in Python attributes')
+    packages.add(t.__module__.partition('.')[0])
+    content: Any = ()
+    if isinstance(obj, (list, tuple)):
+        content = _encode(list(obj), path, stack, packages)
+    elif isinstance(obj, (dict, set, frozenset)):
+        base = dict if isinstance(obj, dict) else set
+        content = _encode(base(obj), path, stack, packages)
+    attrs = getattr(obj, '__dict__', None)
+    state = []
+    if isinstance(attrs, dict):
+        for k in sorted(attrs, key=repr):
+            state.append((repr(k), _encode(attrs[k], f'{path}.{k}', stack, packages)))
+    for name, v in _slot_values(obj):
+        state.append((name, ('unset',) if v is _UNSET else
+                      _encode(v, f'{path}.{name.rpartition(".")[2]}', stack, packages)))
+    return ('object', _qualname(t), content, tuple(state))
+
+
+def _transform_encoding(t: Any) -> tuple[Any, set[str]]:
+    packages: set[str] = set()
+    if isinstance(t, _CALLABLES):
+        raise _Unfingerprintable(f'it is {_function_kind(t)}: its behaviour is code, not '
+                                 f'parameters')
+    return _encode(t, type(t).__name__, [], packages), packages
+
+
+def _fingerprint_problem(t: Any) -> str | None:
+    """Why ``t`` cannot be fingerprinted (``None``: it can)."""
+    try:
+        _transform_encoding(t)
+    except _Unfingerprintable as e:
+        return str(e)
+    return None
+
+
+def transform_fingerprint(t: Any) -> str | None:
+    """sha256 (hex) of a transform's qualified class name and full parameter state (see
+    :func:`precompute`), or ``None`` when that state cannot be fingerprinted."""
+    try:
+        enc, _ = _transform_encoding(t)
+    except _Unfingerprintable:
+        return None
+    return _digest(repr(enc).encode())
+
+
+def _describe(t: Any) -> str:
+    """``module.QualName`` of a transform's class, or of the function itself."""
+    if isinstance(t, _CALLABLES) and hasattr(t, '__qualname__'):
+        return f"{getattr(t, '__module__', None) or '?'}.{t.__qualname__}"
+    return _qualname(type(t))
 
 
 # ----------------------------------------------------------------------------- fingerprint
@@ -112,13 +317,23 @@ def fingerprint(data_list: Sequence[Data]) -> str:
     return h.hexdigest()
 
 
-def cache_key(data_list: Sequence[Data], transforms) -> str:
+def cache_key(data_list: Sequence[Data], transforms) -> str | None:
+    """The cache key of ``transforms`` over ``data_list`` (see :func:`precompute`), ``None``
+    when a transform's state cannot be fingerprinted."""
     import gtpe
-    h = hashlib.sha256()
-    h.update(fingerprint(data_list).encode())
-    h.update(b'|' + transforms_repr(transforms).encode())
-    h.update(b'|' + str(getattr(gtpe, '__version__', '?')).encode())
-    return h.hexdigest()
+    encodings, packages = [], set()
+    for t in _flatten(transforms):
+        try:
+            enc, pk = _transform_encoding(t)
+        except _Unfingerprintable:
+            return None
+        encodings.append(enc)
+        packages |= pk
+    versions = tuple(sorted((p, str(getattr(sys.modules.get(p), '__version__', '')))
+                            for p in packages))
+    key = ('gtpe-pe-cache-key', _KEY_VERSION, fingerprint(data_list), tuple(encodings),
+           str(getattr(gtpe, '__version__', '?')), versions)
+    return _digest(repr(key).encode())
 
 
 # ----------------------------------------------------------------------------- splitting
@@ -267,8 +482,32 @@ def _light_batch(items: list[Data], keys: set[str]) -> Batch | None:
 
 
 # ----------------------------------------------------------------------------- compute
-def _apply(chunk: list[Data], transforms: list[Callable]) -> list[Data]:
-    """Apply ``transforms`` to one chunk: batch-capable ones on a collated Batch."""
+def _check_collated_edges(batch: Batch, items: list[Data], offset: int) -> None:
+    """Every graph's ``edge_index`` holds integer ids in ``[0, its num_nodes)``.  Checked on
+    the collated Batch (vectorised) before the transforms see it: collated, an id past a
+    graph's end is a node of the next graph.  The error names the graph's dataset index."""
+    for i, d in enumerate(items):          # dtype/shape per graph: a collated bool or float
+        ei = d._store._mapping.get('edge_index')   # edge_index may have been cast
+        if ei is not None and (not isinstance(ei, Tensor) or ei.is_floating_point() or
+                               ei.is_complex() or ei.dtype == torch.bool or ei.dim() != 2 or
+                               ei.size(0) != 2):
+            check_edge_index(d, f'precompute: graph {offset + i}')
+    ei = batch['edge_index'] if 'edge_index' in batch else None
+    slices = batch._slice_dict.get('edge_index')
+    if ei is None or slices is None or not ei.numel():
+        return
+    ptr = batch.ptr.to(ei.device)
+    counts = (slices[1:] - slices[:-1]).to(ei.device)
+    g = torch.repeat_interleave(torch.arange(counts.numel(), device=ei.device), counts)
+    local = ei - ptr[g]
+    if bool(((local < 0) | (local >= (ptr[1:] - ptr[:-1])[g])).any()):
+        for i, d in enumerate(items):
+            check_edge_index(d, f'precompute: graph {offset + i}')
+
+
+def _apply(chunk: list[Data], transforms: list[Callable], offset: int = 0) -> list[Data]:
+    """Apply ``transforms`` to one chunk (graphs ``offset, offset + 1, ...`` of the dataset):
+    batch-capable ones on a collated Batch."""
     items: list[Data] = list(chunk)
     i = 0
     while i < len(transforms):
@@ -284,6 +523,7 @@ def _apply(chunk: list[Data], transforms: list[Callable]) -> list[Data]:
                 batch = _light_batch(items, {k for ks in keys for k in ks if k})
             if batch is None:
                 batch = Batch.from_data_list(items)
+            _check_collated_edges(batch, items, offset)
             before = {k: batch[k] for k in batch.keys()}
             ptr = batch.ptr
             small = ptr.device.type == 'cpu' and (ptr.numel() < 2 or
@@ -300,13 +540,12 @@ def _apply(chunk: list[Data], transforms: list[Callable]) -> list[Data]:
 
 def _compute(data_list: list[Data], transforms: list[Callable], batch_size: int,
              progress: bool) -> list[Data]:
-    from tqdm.auto import tqdm
     out: list[Data] = []
-    with tqdm(total=len(data_list), desc='precompute', unit='graph',
-              disable=not progress) as bar:
+    with progress_bar(total=len(data_list), desc='precompute', unit='graph',
+                      enabled=progress) as bar:
         for s in range(0, len(data_list), batch_size):
             chunk = data_list[s:s + batch_size]
-            out.extend(_apply(chunk, transforms))
+            out.extend(_apply(chunk, transforms, offset=s))
             bar.update(len(chunk))
     return out
 
@@ -414,9 +653,27 @@ def cache_path(cache_dir: str, key: str) -> str:
 
 
 # ----------------------------------------------------------------------------- public API
+def _check_consistent_keys(data_list: list[Data], transforms: list[Callable]) -> None:
+    """``edge_weight`` (and any attribute a transform lists in ``batch_keys``) is on every
+    graph or on none: a mix would weight some graphs and not others (or break the collate)."""
+    keys = {'edge_weight'}
+    for t in transforms:
+        keys |= {k for k in (getattr(t, 'batch_keys', None) or ()) if k}
+    keys.discard('edge_index')
+    G = len(data_list)
+    for key in sorted(keys):
+        missing = [i for i, d in enumerate(data_list) if key not in d]
+        if 0 < len(missing) < G:
+            shown = repr(missing[:10])[:-1] + (', ...]' if len(missing) > 10 else ']')
+            raise ValueError(f"precompute: {len(missing)} of {G} graphs have no {key!r} "
+                             f"(graph indices {shown}) while the others have one; give every "
+                             f"graph a {key} (e.g. ones for unweighted edges) or remove it "
+                             f"from all of them")
+
+
 def precompute(data_list: Sequence[Data],
                transforms: Callable | Sequence[Callable] | Compose | None,
-               batch_size: int = 2048, cache_dir: str | None = None,
+               batch_size: int = 2048, cache_dir: str | os.PathLike | None = None,
                progress: bool = True) -> list[Data]:
     r"""Apply ``transforms`` to every graph of ``data_list``, many graphs at once.
 
@@ -428,32 +685,92 @@ def precompute(data_list: Sequence[Data],
             callable runs graph by graph (on a shallow copy).
         batch_size: graphs per collated chunk.
         cache_dir: folder for the disk cache (created if needed); ``None`` disables it.
-        progress: show a tqdm progress bar.
+        progress: show progress on stderr (:func:`gtpe._progress.progress_bar`: a tqdm bar on
+            a terminal, a plain line at least every ``$GTPE_PROGRESS_INTERVAL`` s, default 10,
+            in a log).
 
     Returns:
         ``list[Data]``: new Data objects with the inputs' attributes plus the encodings, equal
         to ``[transforms(d) for d in data_list]``.
+
+    Raises:
+        ValueError: ``batch_size < 1``; a transform that is not callable; some graphs have
+            ``edge_weight`` (or another attribute a transform lists in ``batch_keys``) and
+            others not (the message gives the count and the graph indices); before gtpe's
+            batched transforms, a graph's ``edge_index`` that is not an integer tensor or
+            holds an id outside ``[0, num_nodes)`` (the message names the graph's index).
+
+    **Cache key.**  The entry is ``<cache_dir>/pe-<key[:40]>.pt`` with ``key`` the sha256 of
+    the ``repr`` of the tuple
+
+    * ``'gtpe-pe-cache-key', 2`` (the scheme's version),
+    * the data fingerprint: sha256 over every graph's attribute names, dtypes, shapes and
+      tensor bytes (:func:`fingerprint`),
+    * one canonical encoding per transform, in order, after flattening lists and
+      :class:`Compose` (so ``Compose([a, b])`` and ``[a, b]`` share an entry, ``[b, a]`` does
+      not),
+    * ``gtpe.__version__`` and the ``__version__`` of the top-level package of every class in
+      the transforms' state (e.g. ``torch_geometric``),
+
+    where a transform's encoding is its qualified class name (``module.QualName``) and its full
+    state, never its ``repr`` (PyG's ``AddRandomWalkPE(20)`` and ``(8)`` both print
+    ``AddRandomWalkPE()``): every attribute of ``vars(t)`` and every ``__slots__`` value,
+    sorted by name, recursively — nested transforms and other objects the same way; lists,
+    tuples, dicts (sorted by key), sets (sorted); ``None``, ``bool``, ``int``, ``float``
+    (exact, ``float.hex``), ``complex``, ``str``, ``bytes``; enums (class and member name);
+    tensors and numpy arrays (type, dtype, shape and sha256 of their bytes); numpy scalars,
+    dtypes, devices, classes (by qualified name), ranges, slices and paths.  Types are kept
+    apart (``1``, ``1.0``, ``True`` and ``'1'`` differ); a reference cycle is encoded by its
+    depth.  **Not cacheable**: a transform that is itself a function or lambda, or whose state
+    holds one (or a bound method, ``functools.partial``, a module, a sparse tensor, an
+    object-dtype array), or an object implemented in C whose state is not in Python
+    attributes (``random.Random``, ``torch.Generator``, numpy generators, locks, open files).
+    Then the result is computed without the cache (nothing read or written) and one
+    ``UserWarning`` names the transform and the attribute.  A transform's code is not part of
+    the key: after editing a transform's code (not its parameters) delete the folder.
+
+    **Entries.**  A file holds a header line, the sha256 of the payload and the payload
+    (``torch.save`` of plain tensors, loaded with ``weights_only=True``); it is written to a
+    temporary ``.gtpe-pe-<...>.tmp`` in the same folder, fsynced and moved into place with
+    :func:`os.replace`; gtpe's own temporaries older than an hour (left by killed writers) are
+    removed, no other file.  An entry whose header, checksum or contents do not verify is
+    ignored (one warning), recomputed and rewritten.  If the entry cannot be written (a
+    read-only or invalid ``cache_dir``, a full disk) a warning says so and the computed result
+    is returned.
     """
-    if batch_size < 1:
-        raise ValueError(f"precompute: batch_size must be >= 1, got {batch_size}")
+    batch_size = check_int(batch_size, 'batch_size', 'precompute')
     data_list = [d for d in data_list]
     tlist = _flatten(transforms)
+    _check_consistent_keys(data_list, tlist)
     path = None
     key = None
     if cache_dir is not None:
         key = cache_key(data_list, tlist)
-        path = cache_path(os.fspath(cache_dir), key)
-        if os.path.exists(path):
-            payload = _read_entry(path)
-            if payload is not None:
-                try:
-                    return _unpack(payload, data_list, key)
-                except Exception:
-                    pass
-            warnings.warn(f"precompute: cache entry {path} is unreadable or corrupt; "
-                          f"recomputing it")
+        if key is None:
+            problems = [f'{_describe(t)} ({why})' for t in tlist
+                        if (why := _fingerprint_problem(t)) is not None]
+            warnings.warn(f"precompute: cannot fingerprint the transform "
+                          f"{'; '.join(problems)}; computing without the disk cache "
+                          f"({os.fspath(cache_dir)}). To cache it, use a transform whose "
+                          f"parameters are plain attributes (numbers, strings, tensors, "
+                          f"nested transforms)", UserWarning, stacklevel=2)
+        else:
+            path = cache_path(os.fspath(cache_dir), key)
+            if os.path.exists(path):
+                payload = _read_entry(path)
+                if payload is not None:
+                    try:
+                        return _unpack(payload, data_list, key)
+                    except Exception:
+                        pass
+                warnings.warn(f"precompute: cache entry {path} is unreadable or corrupt; "
+                              f"recomputing it", stacklevel=2)
     outputs = _compute(data_list, tlist, batch_size, progress)
     if path is not None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        _write_entry(path, _pack(data_list, outputs, key))
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _write_entry(path, _pack(data_list, outputs, key))
+        except OSError as e:
+            warnings.warn(f"precompute: could not write the cache entry {path} ({e}); "
+                          f"returning the computed result without caching it", stacklevel=2)
     return outputs

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch_geometric.transforms import BaseTransform
 
 from gtpe.transforms import _sparse as sp
+from gtpe.transforms._validate import check_int
 
 
 def _dense_rrwp(P: Tensor, valid: Tensor, K: int) -> tuple[Tensor, Tensor | None, Tensor]:
@@ -94,26 +95,28 @@ class AddRRWP(BaseTransform):
 
     all float32, computed in float64.  ``A`` as in :class:`~gtpe.transforms.AddRWSE`
     (``edge_weight`` if present, duplicates summed, self-loops kept, edge directions kept;
-    a node without out-edges has a zero row of ``P``).  Graphs up to ``dense_max_nodes``
+    a node without out-edges has a zero row of ``P``; a float/bool ``edge_index``, ids
+    outside ``[0, N)`` or an edge between two graphs of a Batch are a ``ValueError``).  Graphs up to ``dense_max_nodes``
     nodes use batched dense float64 matmuls over size buckets; larger graphs sparse
     propagation over blocks of rows (memory ``O(M K)`` for the output, as GRIT).
 
     Args:
-        walk_length (int): ``K``, the number of channels including the identity (default 21).
-        dense_max_nodes (int): graphs up to this size use the dense batched path.
+        walk_length (int): ``K``, the number of channels including the identity, an integer
+            >= 1 (default 21; a ``bool`` or ``float`` is an error).
+        dense_max_nodes (int): graphs up to this size use the dense batched path (>= 0;
+            0: every graph takes the sparse path).
     """
     supports_batch = True
     batch_keys = ('edge_index', 'edge_weight')  # what forward reads (gtpe.precompute)
 
     def __init__(self, walk_length: int = 21, dense_max_nodes: int = 128) -> None:
-        if int(walk_length) < 1:
-            raise ValueError(f"AddRRWP: walk_length must be >= 1, got {walk_length}")
-        self.walk_length = int(walk_length)
-        self.dense_max_nodes = int(dense_max_nodes)
+        self.walk_length = check_int(walk_length, 'walk_length', 'AddRRWP')
+        self.dense_max_nodes = check_int(dense_max_nodes, 'dense_max_nodes', 'AddRRWP',
+                                         minimum=0)
 
     def forward(self, data):
         K = self.walk_length
-        ei, w = sp.get_edges(data)
+        ei, w = sp.get_edges(data, 'AddRRWP')
         device = ei.device
         ptr = sp.graph_ptr(data)
         N = int(ptr[-1])

@@ -10,6 +10,7 @@ from torch import Tensor
 from torch_geometric.transforms import BaseTransform
 
 from gtpe.transforms import _sparse as sp
+from gtpe.transforms._validate import check_int
 
 _METHODS = ('auto', 'exact', 'mc')
 
@@ -195,7 +196,9 @@ class AddRWSE(BaseTransform):
     if present, else 1): duplicate edges add up (multigraph), a self-loop ``i -> i`` is a
     step that stays at ``i``, and a directed input gives the walk along edge directions
     (``D`` = weighted out-degree).  A node without out-edges (e.g. isolated) has a zero row of
-    ``P`` and gets an all-zero encoding.  Weights must be finite and non-negative.
+    ``P`` and gets an all-zero encoding.  Weights must be finite and non-negative;
+    ``edge_index`` must hold integer node ids in ``[0, N)`` and, in a Batch, no edge between
+    two graphs (``ValueError`` otherwise: a float or bool ``edge_index`` is not truncated).
 
     Methods (per graph of ``n`` nodes):
 
@@ -215,12 +218,13 @@ class AddRWSE(BaseTransform):
     * ``'auto'``: dense / exact up to ``exact_max_nodes`` nodes, ``'mc'`` above.
 
     Args:
-        walk_length (int): ``K``, the number of steps (default 20).
+        walk_length (int): ``K``, the number of steps, an integer >= 1 (default 20; a
+            ``bool`` or ``float`` is an error).
         method (str): ``'auto'``, ``'exact'`` or ``'mc'``.
-        exact_max_nodes (int): node threshold of ``'auto'`` (default 5,000).
-        num_walks (int): walks per node for ``'mc'`` (default 32).
-        seed (int): seed of the ``'mc'`` generator.
-        dense_max_nodes (int): graphs up to this size use the dense batched path.
+        exact_max_nodes (int): node threshold of ``'auto'`` (>= 0, default 5,000).
+        num_walks (int): walks per node for ``'mc'`` (>= 1, default 32).
+        seed (int): seed of the ``'mc'`` generator, in ``[0, 2**64)``.
+        dense_max_nodes (int): graphs up to this size use the dense batched path (>= 0).
     """
     supports_batch = True
     batch_keys = ('edge_index', 'edge_weight')  # what forward reads (gtpe.precompute)
@@ -228,18 +232,15 @@ class AddRWSE(BaseTransform):
     def __init__(self, walk_length: int = 20, method: str = 'auto',
                  exact_max_nodes: int = 5_000, num_walks: int = 32, seed: int = 0,
                  dense_max_nodes: int = 128) -> None:
-        if int(walk_length) < 1:
-            raise ValueError(f"AddRWSE: walk_length must be >= 1, got {walk_length}")
+        name = 'AddRWSE'
+        self.walk_length = check_int(walk_length, 'walk_length', name)
         if method not in _METHODS:
             raise ValueError(f"AddRWSE: method must be one of {_METHODS}, got {method!r}")
-        if int(num_walks) < 1:
-            raise ValueError(f"AddRWSE: num_walks must be >= 1, got {num_walks}")
-        self.walk_length = int(walk_length)
         self.method = method
-        self.exact_max_nodes = int(exact_max_nodes)
-        self.num_walks = int(num_walks)
-        self.seed = int(seed)
-        self.dense_max_nodes = int(dense_max_nodes)
+        self.exact_max_nodes = check_int(exact_max_nodes, 'exact_max_nodes', name, minimum=0)
+        self.num_walks = check_int(num_walks, 'num_walks', name)
+        self.seed = check_int(seed, 'seed', name, minimum=0, maximum=2**64)
+        self.dense_max_nodes = check_int(dense_max_nodes, 'dense_max_nodes', name, minimum=0)
 
     def _graph_method(self, n: int) -> str:
         if self.method == 'mc':
@@ -252,7 +253,7 @@ class AddRWSE(BaseTransform):
 
     def forward(self, data):
         K = self.walk_length
-        ei, w = sp.get_edges(data)
+        ei, w = sp.get_edges(data, 'AddRWSE')
         device = ei.device
         ptr = sp.graph_ptr(data)
         N = int(ptr[-1])
