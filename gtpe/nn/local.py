@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import BatchNorm1d, Linear, ReLU, Sequential
 
-from gtpe.nn.ops import scatter_sum
+from gtpe.nn.ops import check_index_shape, edge_attr_error, scatter_sum
 
 __all__ = ["GINE", "GatedGCN"]
 
@@ -75,16 +75,19 @@ class GINE(torch.nn.Module):
             self.lin.reset_parameters()
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
+        check_index_shape("GINE", "edge_index", edge_index)
         src, dst = edge_index[0], edge_index[1]
         msg = x.index_select(0, src)  # x_j  [E, C]  (a fresh tensor: updated in place below)
         if edge_attr is not None:
+            E = edge_index.size(1)
+            if self.lin is not None:
+                err = edge_attr_error("GINE", edge_attr, E, self.lin.in_features, "edge_dim", False)
+            else:
+                err = edge_attr_error("GINE", edge_attr, E, self.channels, "channels", True)
+            if err is not None:
+                raise ValueError(err)
             if self.lin is not None:
                 edge_attr = self.lin(edge_attr)
-            elif edge_attr.size(-1) != x.size(-1):
-                raise ValueError(
-                    f"GINE: edge_attr has {edge_attr.size(-1)} features but x has {x.size(-1)}; "
-                    f"pass edge_dim={edge_attr.size(-1)} to map edge features"
-                )
             msg = msg.add_(edge_attr)
         msg = msg.relu_()
         out = scatter_sum(msg, dst, x.size(0))
@@ -149,6 +152,11 @@ class GatedGCN(torch.nn.Module):
         self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         C = self.channels
+        check_index_shape("GatedGCN", "edge_index", edge_index)
+        if edge_attr is not None:
+            err = edge_attr_error("GatedGCN", edge_attr, edge_index.size(1), C, "channels", False)
+            if err is not None:
+                raise ValueError(err)
         src, dst = edge_index[0], edge_index[1]
         h = self.lin_node(x)
         Ax, Dx = h[:, :C], h[:, C : 2 * C]

@@ -49,10 +49,20 @@ slower on a 100k-node / 1M-edge graph; only ``scatter_max`` with gradients was f
 goes through this module, so the variable switches all of them.
 
 :func:`backend` returns the active backend name.
+
+Input checks
+------------
+Used by the layers; each raises a one-line ``ValueError`` naming the argument, what it got and
+what is expected: :func:`check_positive_int`, :func:`check_heads`, :func:`check_index_shape`,
+:func:`check_batch_shape`, :func:`edge_attr_error` (shapes and dtypes only: no device sync) and
+:func:`check_index_range` (value ranges of several index tensors with one min/max reduction each
+and a single host sync for all of them; callers skip it while compiling or tracing, see
+:func:`checks_enabled`).
 """
 
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
@@ -67,6 +77,13 @@ __all__ = [
     "scatter_softmax",
     "scatter_sum",
     "segment_count",
+    "check_batch_shape",
+    "check_heads",
+    "check_index_range",
+    "check_index_shape",
+    "check_positive_int",
+    "checks_enabled",
+    "edge_attr_error",
 ]
 
 _BACKENDS = ("torch", "torch_scatter")
@@ -253,3 +270,118 @@ def edge_aggregate(v: Tensor, alpha: Tensor, src: Tensor, dst: Tensor, num_segme
             f"({dst.numel()}) must have the same number of edges"
         )
     return _EdgeAggregate.apply(v, alpha, src, dst, num_segments)
+
+
+# ---------------------------------------------------------------------------------------------
+# Input checks
+
+
+def check_positive_int(owner: str, name: str, value: object, alt: str = "") -> int:
+    """``value`` as an ``int``; raises unless it is a positive int (or a numpy / torch integer
+    scalar; not a float or bool).  ``alt`` is added to the message (e.g. ``' or None'``)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        v = operator.index(value)
+    except TypeError:
+        v = 0
+    if v < 1:
+        raise ValueError(f"{owner}: {name} must be a positive int{alt}, got {value!r}")
+    return v
+
+
+def check_heads(owner: str, channels: object, heads: object) -> tuple[int, int]:
+    """``(channels, heads)`` as ints; raises unless both are positive ints and ``heads``
+    divides ``channels``."""
+    c = check_positive_int(owner, "channels", channels)
+    h = check_positive_int(owner, "heads", heads)
+    if c % h != 0:
+        raise ValueError(f"{owner}: channels ({c}) must be a positive multiple of heads ({h})")
+    return c, h
+
+
+def _is_index_dtype(t: Tensor) -> bool:
+    return t.dtype in (torch.int64, torch.int32)
+
+
+def check_index_shape(owner: str, name: str, index: Tensor, cols: str = "E") -> None:
+    """``index`` must be an integer (``torch.long`` or ``int32``) tensor of shape ``[2, cols]``."""
+    if not isinstance(index, Tensor):
+        raise ValueError(f"{owner}: {name} must be a tensor [2, {cols}], got {type(index).__name__}")
+    if not _is_index_dtype(index):
+        raise ValueError(
+            f"{owner}: {name} must be an integer tensor (torch.long) [2, {cols}]; got {index.dtype}"
+        )
+    if index.dim() != 2 or index.size(0) != 2:
+        raise ValueError(f"{owner}: {name} must be [2, {cols}]; got shape {list(index.shape)}")
+
+
+def check_batch_shape(owner: str, batch: Tensor, num_nodes: int) -> None:
+    """``batch`` must be an integer tensor of shape ``[num_nodes]``."""
+    if not isinstance(batch, Tensor) or not _is_index_dtype(batch):
+        got = batch.dtype if isinstance(batch, Tensor) else type(batch).__name__
+        raise ValueError(
+            f"{owner}: batch must be an integer tensor (torch.long) [N] of graph ids; got {got}"
+        )
+    if batch.dim() != 1 or batch.size(0) != num_nodes:
+        raise ValueError(
+            f"{owner}: batch must be [N] = [{num_nodes}]; got shape {list(batch.shape)}"
+        )
+
+
+_EMBED_HINT = " — embed integer {} types first (torch.nn.Embedding)"
+
+
+def edge_attr_error(
+    owner: str, edge_attr: Tensor, num_edges: int, width: int, label: str, edge_dim_hint: bool
+) -> str | None:
+    """The one-line error for an ``edge_attr`` that is not a float ``[num_edges, width]`` tensor
+    (``label`` names ``width``: ``'channels'`` or ``'edge_dim'``; ``edge_dim_hint``: the module
+    can map other widths with ``edge_dim``), or ``None`` when it is fine.  Shape checks only."""
+    shape = list(edge_attr.shape)
+    floating = edge_attr.is_floating_point()
+    right_shape = shape == [num_edges, width]
+    if right_shape and floating:
+        return None
+    want = f"[E, {label}] = [{num_edges}, {width}]" + (" or pass edge_dim" if edge_dim_hint else "")
+    if edge_attr.dim() == 1:
+        got = f"a 1-D tensor of shape {shape}"
+    elif right_shape:  # only the dtype is wrong
+        want = "a float tensor " + want
+        got = f"{edge_attr.dtype} of shape {shape}"
+    else:
+        got = f"shape {shape}"
+    hint = ""
+    if not floating:
+        hint = _EMBED_HINT.format("edge")
+    elif edge_dim_hint and edge_attr.dim() == 2 and edge_attr.size(0) == num_edges:
+        hint = f" (pass edge_dim={edge_attr.size(1)} to map them to {width})"
+    elif edge_dim_hint and edge_attr.dim() == 1:
+        hint = " (use edge_attr.view(-1, 1) with edge_dim=1)"
+    return f"{owner}: edge_attr must be {want}; got {got}{hint}"
+
+
+def checks_enabled() -> bool:
+    """Value checks that read tensors on the host are skipped under ``torch.compile``, TorchScript
+    and ``torch.jit.trace`` (they would add a graph break / bake in the values)."""
+    return not (
+        torch.compiler.is_compiling() or torch.jit.is_scripting() or torch.jit.is_tracing()
+    )
+
+
+def check_index_range(owner: str, items: list[tuple[str, Tensor, int | None, str]]) -> None:
+    r"""Raise unless every ``(name, index, bound, what)`` has values in ``[0, bound)``
+    (``what`` names the bound, e.g. ``'N'``; ``bound=None``: only ``>= 0``).  One ``aminmax``
+    per tensor and one host sync for all of them; empty tensors are skipped."""
+    items = [it for it in items if it[1].numel() > 0]
+    if not items:
+        return
+    mm = [v for _, t, _, _ in items for v in torch.aminmax(t)]
+    stats = torch.stack(mm).tolist()  # the one host sync: [min_0, max_0, min_1, max_1, ...]
+    for k, (name, _, bound, what) in enumerate(items):
+        lo, hi = stats[2 * k], stats[2 * k + 1]
+        if lo >= 0 and (bound is None or hi < bound):
+            continue
+        ids = "graph ids" if name == "batch" else "node ids"
+        want = ">= 0" if bound is None else f"in [0, {what}) = [0, {bound})"
+        raise ValueError(f"{owner}: {name} must hold {ids} {want}; got min {lo}, max {hi}")

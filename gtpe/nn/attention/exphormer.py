@@ -33,7 +33,15 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Parameter
 
-from gtpe.nn.ops import edge_aggregate, edge_dot, scatter_softmax
+from gtpe.nn.ops import (
+    check_batch_shape,
+    check_heads,
+    check_index_shape,
+    edge_aggregate,
+    edge_attr_error,
+    edge_dot,
+    scatter_softmax,
+)
 
 # rows of ``type_emb``
 _LOCAL, _EXPANDER, _VIRTUAL = 0, 1, 2
@@ -72,11 +80,7 @@ class ExphormerAttention(torch.nn.Module):
         init_virtual: bool = True,
     ) -> None:
         super().__init__()
-        if channels <= 0 or heads <= 0 or channels % heads != 0:
-            raise ValueError(
-                f"ExphormerAttention: channels ({channels}) must be a positive multiple "
-                f"of heads ({heads})"
-            )
+        channels, heads = check_heads("ExphormerAttention", channels, heads)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"ExphormerAttention: dropout must be in [0, 1), got {dropout}")
         if num_virtual < 0:
@@ -134,22 +138,25 @@ class ExphormerAttention(torch.nn.Module):
                 f"ExphormerAttention: expected x of shape [N, {C}], got {tuple(x.shape)}"
             )
         N = x.size(0)
-        if edge_index.dim() != 2 or edge_index.size(0) != 2:
-            raise ValueError(
-                f"ExphormerAttention: edge_index must be [2, E], got {tuple(edge_index.shape)}"
-            )
+        check_index_shape("ExphormerAttention", "edge_index", edge_index)
+        if expander_index is not None:
+            check_index_shape("ExphormerAttention", "expander_index", expander_index, "M")
         if self.edge_proj is not None and edge_attr is None:
             raise ValueError("ExphormerAttention: edge_dim was given, so edge_attr is required")
+        if self.edge_proj is not None:
+            err = edge_attr_error(
+                "ExphormerAttention", edge_attr, edge_index.size(1), self.edge_dim, "edge_dim", False
+            )
+            if err is not None:
+                raise ValueError(err)
         if self.edge_proj is None and edge_attr is not None:
             raise ValueError(
                 "ExphormerAttention: got edge_attr but the module was built with edge_dim=None"
             )
         if batch is None:
             batch = edge_index.new_zeros(N)
-        elif batch.shape != (N,):
-            raise ValueError(
-                f"ExphormerAttention: batch must have shape [{N}], got {tuple(batch.shape)}"
-            )
+        else:
+            check_batch_shape("ExphormerAttention", batch, N)
 
         # ---- virtual nodes: rows N + g * V + v of the joint node set
         if V > 0:

@@ -73,7 +73,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import Linear, Parameter
 
 from gtpe import _native
-from gtpe.nn.ops import scatter_softmax, scatter_sum
+from gtpe.nn.ops import check_batch_shape, check_heads, scatter_softmax, scatter_sum
 
 _STRATEGIES = ("auto", "kernel", "fused", "sdpa", "pad", "pairs", "block")
 
@@ -402,11 +402,7 @@ class FullAttention(torch.nn.Module):
         strategy: str = "auto",
     ) -> None:
         super().__init__()
-        if channels <= 0 or heads <= 0 or channels % heads != 0:
-            raise ValueError(
-                f"FullAttention: channels ({channels}) must be a positive multiple "
-                f"of heads ({heads})"
-            )
+        channels, heads = check_heads("FullAttention", channels, heads)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"FullAttention: dropout must be in [0, 1), got {dropout}")
         if strategy not in _STRATEGIES:
@@ -447,10 +443,8 @@ class FullAttention(torch.nn.Module):
         N = x.size(0)
         if batch is None:
             batch = x.new_zeros(N, dtype=torch.long)
-        elif batch.shape != (N,):
-            raise ValueError(
-                f"FullAttention: batch must have shape [{N}], got {tuple(batch.shape)}"
-            )
+        else:
+            check_batch_shape("FullAttention", batch, N)
         if N == 0:
             return self.out_proj(x)
         p = self.dropout if self.training else 0.0

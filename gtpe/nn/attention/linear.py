@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Parameter
 
-from gtpe.nn.ops import scatter_max, scatter_sum
+from gtpe.nn.ops import check_batch_shape, check_heads, scatter_max, scatter_sum
 
 
 def orthogonal_random_features(
@@ -66,7 +66,8 @@ class LinearAttention(torch.nn.Module):
         bias (bool): learn biases in the projections.
 
     The random matrix is the buffer ``projection_matrix [m, d]`` (shared by the heads).
-    Shapes: ``x [N, C]``, ``batch [N]`` -> ``[N, C]``.
+    Shapes: ``x [N, C]``, ``batch [N]`` (integer graph ids) -> ``[N, C]``; an empty batch
+    (``N = 0``) gives ``[0, C]``, as the other attention modules.
     """
 
     def __init__(
@@ -80,11 +81,7 @@ class LinearAttention(torch.nn.Module):
         bias: bool = True,
     ) -> None:
         super().__init__()
-        if channels <= 0 or heads <= 0 or channels % heads != 0:
-            raise ValueError(
-                f"LinearAttention: channels ({channels}) must be a positive multiple "
-                f"of heads ({heads})"
-            )
+        channels, heads = check_heads("LinearAttention", channels, heads)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"LinearAttention: dropout must be in [0, 1), got {dropout}")
         if redraw_interval is not None and redraw_interval < 0:
@@ -160,14 +157,14 @@ class LinearAttention(torch.nn.Module):
                 f"LinearAttention: expected x of shape [N, {self.channels}], got {tuple(x.shape)}"
             )
         N = x.size(0)
-        if batch is not None and batch.shape != (N,):
-            raise ValueError(
-                f"LinearAttention: batch must have shape [{N}], got {tuple(batch.shape)}"
-            )
+        if batch is not None:
+            check_batch_shape("LinearAttention", batch, N)
         if self.training and self.redraw_interval is not None:
             if int(self.calls_since_draw) >= self.redraw_interval:
                 self.redraw_features()
             self.calls_since_draw += 1
+        if N == 0:  # empty batch: [0, C], as the other attention modules
+            return self.out_proj(x)
         H, d = self.heads, self.head_dim
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(N, 3, H, d)
         scale = d**-0.25
