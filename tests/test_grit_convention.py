@@ -193,3 +193,20 @@ def test_pipeline_from_add_rrwp_matches_reference():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     wrong, _ = _reference(enc, m, graphs, x, edge_attr, deg, transpose=True)
     assert (out - wrong).abs().max() > 1e-2
+
+
+def test_gps_layer_injects_the_out_degree_as_grit():
+    """GRIT's transform stores the row sums of A (out-degrees); GPSLayer(attn='grit') passes the
+    same to the degree injection, which differs from the in-degree on a directed graph."""
+    from gtpe.nn import GPSLayer
+    from gtpe.transforms import AddRRWP
+
+    edge_index = torch.tensor([[0, 0, 0, 1, 2], [1, 2, 3, 3, 3]])  # out 3,1,1,0 / in 0,1,1,3
+    data = AddRRWP(walk_length=3)(Data(edge_index=edge_index, num_nodes=4))
+    layer = GPSLayer(8, local=None, attn='grit', heads=2).eval()
+    x = torch.randn(4, 8)
+    pair_attr = torch.randn(data.rrwp_index.size(1), 8)
+    state: dict = {}
+    layer(x, edge_index, torch.zeros(4, dtype=torch.long), pair_index=data.rrwp_index,
+          pair_attr=pair_attr, state=state)
+    assert state['deg'].tolist() == [3.0, 1.0, 1.0, 0.0]

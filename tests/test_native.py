@@ -304,3 +304,43 @@ def test_planted_library_does_not_break_full_attention(fresh, monkeypatch):
         out = kern(x, batch)
     assert [w.category for w in rec] == [RuntimeWarning], [str(w.message) for w in rec]
     torch.testing.assert_close(out, ref(x, batch))
+
+
+@needs_cc
+def test_full_attention_checks_the_kernel_symbols(fresh, monkeypatch):
+    """A library under a name that matches its own bytes (as this user could write) but without
+    the kernel's functions: FullAttention warns once and computes on the torch path."""
+    import warnings
+
+    import torch
+
+    from gtpe.nn import FullAttention
+    from gtpe.nn.attention import full
+
+    monkeypatch.setattr(full, "_kernels", {})
+    monkeypatch.setattr(_native, "torch_uses_gnu_openmp", lambda: False)  # one build, no -fopenmp
+    torch.manual_seed(0)
+    kern = FullAttention(8, heads=2, strategy="kernel").double()
+    ref = FullAttention(8, heads=2, strategy="pad").double()
+    ref.load_state_dict(kern.state_dict())
+    x = torch.randn(11, 8, dtype=torch.float64)
+    batch = torch.tensor([0] * 4 + [1] * 7)
+    kern(x, batch)  # builds the float64 kernel: its name gives the build key
+    wrong = fresh / "wrong.so"
+    cc = [_native._compiler(), "-shared", "-fPIC", str(_source(fresh)), "-o", str(wrong)]
+    assert _native.subprocess.run(cc).returncode == 0
+    data = wrong.read_bytes()
+    (fresh / "planted").mkdir(mode=0o700)
+    (lib,) = _libraries(fresh / "cache")
+    name = lib.name[: -len("0" * 64 + lib.suffix)] + hashlib.sha256(data).hexdigest() + lib.suffix
+    (fresh / "planted" / name).write_bytes(data)
+    (fresh / "planted" / name).chmod(0o700)
+    monkeypatch.setenv("GTPE_NATIVE_CACHE", str(fresh / "planted"))
+    monkeypatch.setattr(full, "_kernels", {})
+    monkeypatch.setattr(_native, "_loaded", {})
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        out = kern(x, batch)
+    assert len(rec) == 1 and "lacks the symbol" in str(rec[0].message)
+    torch.testing.assert_close(out, ref(x, batch))
+    assert full._kernels[torch.float64] is None

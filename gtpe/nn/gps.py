@@ -131,7 +131,8 @@ class GPSLayer(torch.nn.Module):
     * ``state`` -- a dict shared by the layers of one model forward: Exphormer keeps
       ``state['virtual_x']``, GRIT ``state['pair_index']``/``state['pair_attr']``, GatedGCN
       ``state['edge_attr']`` (the updated edge features, used by the next layer instead of
-      ``edge_attr``), GRIT's degree injection ``state['deg']`` (in-degrees of ``edge_index``).
+      ``edge_attr``), GRIT's degree injection ``state['deg']`` (out-degrees of
+      ``edge_index``, as GRIT's transform).
 
     ``attn='exphormer'`` is built with ``edge_dim=channels`` (it uses ``edge_attr`` on the graph
     edges); pass ``attn_kwargs={'edge_dim': None}`` for graphs without edge features.
@@ -474,8 +475,8 @@ class GPSLayer(torch.nn.Module):
                     "data.rrwp_index/data.rrwp_val with gtpe.nn.encoders.RRWPEncoder"
                 )
             deg = state.get("deg")
-            if deg is None:  # GRIT's degree injection uses the input graph's in-degree
-                deg = segment_count(edge_index[1], x.size(0), dtype=x.dtype)
+            if deg is None:  # GRIT's degree injection: the out-degree (row sums of A), as GRIT
+                deg = segment_count(edge_index[0], x.size(0), dtype=x.dtype)
                 state["deg"] = deg
             a, pa, pi = self.attn(x, pi, pa, batch, deg=deg, num_graphs=num_graphs)
             state["pair_index"] = pi

@@ -295,15 +295,17 @@ _KERNEL_SERIAL_MAX = 1 << 20
 def _kernel(dtype: torch.dtype) -> tuple | None:
     """``(forward, backward, multithreaded)`` of ``full_kernel.c`` for ``dtype`` (ctypes
     functions; ``multithreaded``: built with OpenMP, on torch's threads), or ``None`` (dtype not
-    supported, ``GTPE_NATIVE=0``, or no compiler)."""
+    supported, ``GTPE_NATIVE=0``, no compiler, or a library that was refused, damaged or lacks
+    one of the kernel's symbols: :func:`gtpe._native.load` warns once and returns ``None``)."""
     if dtype not in _KERNEL_BUILDS or not _native.enabled():
         return None
     if dtype not in _kernels:
         defines, real = _KERNEL_BUILDS[dtype]
-        lib = _native.load(_KERNEL_SOURCE, defines, openmp=True)
+        suffix = defines["SUFFIX"]
+        names = [f"gtpe_full_attention_{f}{suffix}" for f in ("forward", "backward", "openmp")]
+        lib = _native.load(_KERNEL_SOURCE, defines, openmp=True, symbols=names)
         fns = None
         if lib is not None:
-            suffix = defines["SUFFIX"]
             fwd = getattr(lib, "gtpe_full_attention_forward" + suffix)
             bwd = getattr(lib, "gtpe_full_attention_backward" + suffix)
             p, i64 = ctypes.c_void_p, ctypes.c_int64
