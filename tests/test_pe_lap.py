@@ -217,6 +217,31 @@ def test_batch_equals_per_graph_bitwise(norm):
     assert torch.equal(batched.lap_eigval, again.lap_eigval)
 
 
+@pytest.mark.parametrize('norm', ['sym', None])
+def test_batch_to_data_list_keeps_the_encoding(norm):
+    # N <= k (padded columns), a cycle (repeated eigenvalues), one node, no edges, N > k
+    i = torch.arange(13)
+    ring = torch.stack([torch.cat([i, (i + 1) % 13]), torch.cat([(i + 1) % 13, i])])
+    graphs_ = [Data(edge_index=path(3), num_nodes=3), Data(edge_index=ring, num_nodes=13),
+               Data(edge_index=torch.zeros(2, 0, dtype=torch.long), num_nodes=1),
+               Data(edge_index=torch.zeros(2, 0, dtype=torch.long), num_nodes=4),
+               Data(edge_index=path(9), num_nodes=9)]
+    t = AddLapPE(k=5, normalization=norm)
+    batch = t(Batch.from_data_list(graphs_))
+    assert batch.lap_pe.shape == (30, 5)
+    parts = batch.to_data_list()
+    assert len(parts) == len(graphs_)
+    for g, part in zip(graphs_, parts):
+        ref = t(g)
+        for key in ('lap_pe', 'lap_eigval'):
+            assert part[key].shape == ref[key].shape == (g.num_nodes, 5)
+            torch.testing.assert_close(part[key], ref[key], atol=1e-6, rtol=0)
+    assert torch.all(parts[0].lap_pe[:, 2:] == 0) and torch.all(parts[0].lap_eigval[:, 2:] == 0)
+    assert torch.equal(parts[2].lap_pe, torch.zeros(1, 5))
+    # index_select / slicing a Batch works too
+    assert torch.equal(batch[4].lap_pe, parts[4].lap_pe)
+
+
 def test_batch_with_sparse_member_equals_per_graph():
     big = Data(edge_index=path(150), num_nodes=150)
     graphs_ = [Data(edge_index=path(7), num_nodes=7), big, Data(edge_index=path(3), num_nodes=3)]

@@ -176,6 +176,36 @@ def test_q_zero_reduces_to_sym_lap_pe():
         assert lam.shape == (k,)
 
 
+@pytest.mark.parametrize('graph', ['cycle', 'bipartite', 'disconnected'])
+def test_q_zero_keeps_the_trivial_eigenvector(graph):
+    # AddMagLapPE(q=0) is not AddLapPE column for column: its column 0 is the trivial
+    # eigenvector D^{1/2} 1 / sqrt(vol) (eigenvalue 0); LapPE('sym')'s columns follow it, the
+    # very same vectors also inside repeated eigenvalues (11-cycle: pairs; K_{2,4}: 1 four
+    # times; N = 6 <= k pads one column in both; triangle + P4: the zero eigenvalue twice)
+    if graph == 'cycle':
+        ei, n = dicycle(11), 11
+    elif graph == 'bipartite':
+        ei, n = torch.cartesian_prod(torch.arange(2), torch.arange(2, 6)).T, 6
+    else:
+        ei, n = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 2, 0, 4, 5, 6]]), 7
+    data = Data(edge_index=torch.cat([ei, ei.flip(0)], 1), num_nodes=n)
+    k = 6
+    mag = AddMagLapPE(k=k + 1, q=0.0)(data)
+    lap = AddLapPE(k=k, normalization='sym')(data)
+    deg = torch.bincount(data.edge_index[0], minlength=n).double()
+    col0 = mag.maglap_pe[:, 0, 0].double()
+    comp = col0.abs() > 1e-6  # one connected component
+    assert comp.sum() == (3 if graph == 'disconnected' else n)
+    torch.testing.assert_close(col0[comp], (deg[comp] / deg[comp].sum()).sqrt(),
+                               atol=1e-6, rtol=0)
+    assert torch.all(mag.maglap_eigval[:, 0].abs() < 1e-6)
+    assert mag.maglap_pe[..., 1].abs().max() < 1e-6  # real
+    torch.testing.assert_close(mag.maglap_pe[:, 1:, 0], lap.lap_pe, atol=1e-6, rtol=0)
+    torch.testing.assert_close(mag.maglap_eigval[:, 1:], lap.lap_eigval, atol=1e-6, rtol=0)
+    ref = np.linalg.eigvalsh(ref_magnetic_laplacian(data.edge_index.numpy(), n, 0.0))
+    assert np.diff(ref[:k + 1]).min() < 1e-9  # repeated eigenvalues are compared too
+
+
 def test_undirected_graph_is_real_for_any_q():
     i = torch.arange(7)
     und = torch.stack([torch.cat([i[:-1], i[1:]]), torch.cat([i[1:], i[:-1]])])
@@ -254,6 +284,28 @@ def test_batch_equals_per_graph_and_determinism():
     assert torch.equal(batched.maglap_eigval, torch.cat([s.maglap_eigval for s in single]))
     again = t(Batch.from_data_list(graphs))
     assert torch.equal(batched.maglap_pe, again.maglap_pe)
+
+
+def test_batch_to_data_list_keeps_the_encoding():
+    # N < k (padded columns), a directed cycle, repeated eigenvalues, one node, no edges
+    graphs = [Data(edge_index=dicycle(3), num_nodes=3), Data(edge_index=dicycle(13), num_nodes=13),
+              Data(edge_index=torch.cat([dicycle(5), dicycle(5).flip(0)], 1), num_nodes=5),
+              Data(edge_index=torch.zeros(2, 0, dtype=torch.long), num_nodes=1),
+              Data(edge_index=torch.zeros(2, 0, dtype=torch.long), num_nodes=4)]
+    t = AddMagLapPE(k=4, q=0.25)
+    batch = t(Batch.from_data_list(graphs))
+    assert batch.maglap_pe.shape == (26, 4, 2)
+    parts = batch.to_data_list()
+    assert len(parts) == len(graphs)
+    for g, part in zip(graphs, parts):
+        ref = t(g)
+        assert part.maglap_pe.shape == ref.maglap_pe.shape == (g.num_nodes, 4, 2)
+        assert part.maglap_eigval.shape == ref.maglap_eigval.shape == (g.num_nodes, 4)
+        torch.testing.assert_close(part.maglap_pe, ref.maglap_pe, atol=1e-6, rtol=0)
+        torch.testing.assert_close(part.maglap_eigval, ref.maglap_eigval, atol=1e-6, rtol=0)
+    assert torch.all(parts[0].maglap_pe[:, 3:] == 0)
+    assert torch.all(parts[0].maglap_eigval[:, 3:] == 0)
+    assert torch.equal(batch[1].maglap_pe, parts[1].maglap_pe)
 
 
 @pytest.mark.parametrize('solver', ['auto', 'shift_invert', 'lanczos'])

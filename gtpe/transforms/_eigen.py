@@ -1,23 +1,22 @@
 r"""Shared eigen-solvers for the spectral positional encodings (:mod:`lap`, :mod:`maglap`).
 
 Everything here works on a single graph *or* on a :class:`~torch_geometric.data.Batch`
-(graphs given by ``ptr``), and always gives a graph the same numbers whichever way it
-arrives:
+(graphs given by ``ptr``), and the output is a function of the graph alone (see
+*Canonicalisation*): the same graph gives the same numbers alone, anywhere in a batch,
+through the dense or the sparse solver.
 
 * **small graphs** (``N <= sparse_threshold``) are bucketed by a padded size that depends
   only on ``N`` (:func:`bucket_size`), stacked into dense ``[B, n, n]`` float64 (complex128
   for the magnetic Laplacian) matrices on the tensors' device and solved with one batched
   :func:`torch.linalg.eigh` per bucket. Padding nodes get an isolated diagonal entry larger
-  than any real eigenvalue, so they sort last and never mix with the real eigenpairs. Since
-  a graph is padded to the same size alone or in a batch, Batch and per-graph results are
-  bit-identical on CPU.
+  than any real eigenvalue, so they sort last and never mix with the real eigenpairs.
 * **large graphs** are split into connected components; small components go through the
   dense path, large ones through a sparse solver (:func:`sparse_smallest`): shift-invert
   Lanczos around a tiny negative shift with a sparse LU (robust on path-like graphs whose
   small eigenvalues cluster like :math:`(\pi j / N)^2`) when a reverse Cuthill--McKee
   envelope says the factorisation is cheap, plain Lanczos (``which='SA'``) otherwise
   (expander-like graphs, whose spectral gap is large). The k smallest eigenpairs of the
-  components are merged (ties between equal eigenvalues broken by component order).
+  components are merged (:func:`sparse_graph_eigenpairs`).
 
 Graph conventions (shared by both encodings):
 
@@ -29,10 +28,42 @@ Graph conventions (shared by both encodings):
   for isolated nodes, so an isolated node has :math:`L_{ii} = 1` (as PyG's ``get_laplacian``);
   ``None`` is the combinatorial :math:`L = D - A_s` (isolated node: :math:`L_{ii} = 0`).
 
-Canonicalisation (:func:`canonicalize`): every eigenvector is multiplied by the unit scalar
-that makes its *pivot* entry real and positive; the pivot is the first node (lowest index)
-whose modulus is within a relative ``1e-6`` of the column's maximum modulus. For real vectors
-this is the usual "largest entry positive" sign rule with a deterministic tie-break.
+Canonicalisation. An eigensolver's vectors are fixed only up to a sign/phase and, inside a
+repeated eigenvalue, up to a rotation of the eigenspace, which ``eigh`` chooses differently
+depending on the graph's position in a batched call or on the device (a 13-node cycle differed
+by 0.55 between "alone" and "second in a batch"). The output is made a function of the
+eigenspaces, hence of the graph:
+
+* **clusters**: the ascending eigenvalues are grouped; consecutive :math:`a \le b` are one
+  (repeated) eigenvalue iff :math:`b - a \le 10^{-6} |b| + 10^{-12} s` (``CLUSTER_RTOL``,
+  ``CLUSTER_ATOL``) with :math:`s = \max_i L_{ii}` (1 for the normalised Laplacians, the
+  largest weighted degree for :math:`D - A`). Solver noise on an exactly repeated eigenvalue
+  is ~1e-15 s (dense) or ~1e-10 :math:`|\lambda|` (Lanczos), far inside; the relative term
+  keeps the tiny but distinct smallest eigenvalues of long paths apart (N = 3000:
+  :math:`\lambda_1 \approx 5 \cdot 10^{-7}`). Eigenvalues closer than this are treated as
+  one eigenspace (their vectors then have residual at most the gap).
+* **multiplicity one**: the sign (phase) rule of :func:`canonicalize`: the pivot, the lowest
+  node whose modulus is within a relative ``SIGN_TOL = 1e-6`` of the column's maximum, is
+  made real and positive.
+* **multiplicity m > 1**: the basis is the pivoted Cholesky factor of the eigenspace's
+  projector :math:`P = V V^H` (:func:`pivoted_basis`; the projector does not depend on the
+  basis :math:`V` the solver returned): pivot = lowest node whose residual norm
+  :math:`\sqrt{R_{pp}}` is within ``SIGN_TOL`` of the largest, :math:`v = R e_p/\sqrt{R_{pp}}`,
+  :math:`R \leftarrow R - v v^H`, m times; columns in pivot order. Each vector's pivot entry
+  is real, positive and within ``SIGN_TOL`` of its largest modulus; for m = 1 the rule is
+  the sign rule above. The eigenvalues reported are the solver's (ascending; within a
+  cluster they agree to the cluster tolerance).
+* the whole cluster is canonicalised before the window of kept columns is cut: a cluster cut
+  by the k-th column contributes its first pivots, and LapPE's skipped first column is the
+  first pivot of its cluster (for a disconnected graph, of the zero eigenspace).
+* **ties**: a tie (two nodes within ``SIGN_TOL`` that give different vectors) is broken by
+  the lowest node index. Relabelling the nodes therefore permutes the output rows exactly
+  when no pivot is tied; in a vertex-transitive graph (a cycle) or with twin nodes the basis
+  depends on the labelling, while the eigenspaces (:math:`P`) never do.
+* **accuracy**: a graph alone and in any batch, or through the dense and the sparse
+  solver, agree to float64 rounding (1e-10; the sparse solver to its 1e-10 residual), not
+  necessarily bit for bit; the float32 outputs may differ in the last bit. Repeating the
+  same call is bit-identical.
 """
 from __future__ import annotations
 
@@ -46,7 +77,13 @@ import torch
 from torch import Tensor
 
 SIGN_TOL = 1e-6
-"""Relative tolerance under which two moduli count as tied when choosing a pivot."""
+"""Relative tolerance under which two moduli (entries, or residual norms in
+:func:`pivoted_basis`) count as tied when choosing a pivot."""
+
+CLUSTER_RTOL = 1e-6
+CLUSTER_ATOL = 1e-12
+"""Consecutive eigenvalues :math:`a \\le b` form one cluster (a repeated eigenvalue) iff
+:math:`b - a \\le` ``CLUSTER_RTOL`` :math:`|b| +` ``CLUSTER_ATOL`` :math:`\\max_i L_{ii}`."""
 
 DEFAULT_SPARSE_THRESHOLD = 2000
 """Graphs (or connected components) with more nodes than this use the sparse solver."""
@@ -203,7 +240,8 @@ def canonicalize(vecs: Tensor, row_mask: Tensor | None = None) -> Tensor:
     Each column is multiplied by ``conj(p) / |p|`` where ``p`` is its pivot: the entry of
     lowest row index whose modulus is >= ``(1 - SIGN_TOL)`` times the column's maximum
     modulus (rows outside ``row_mask`` [..., n] are ignored). Afterwards the pivot is real
-    and positive. All-zero (padding) columns stay zero.
+    and positive. All-zero (padding) columns stay zero. This is the rule for eigenvalues of
+    multiplicity one; repeated ones go through :func:`pivoted_basis`.
     """
     mag = vecs.abs()
     if row_mask is not None:
@@ -221,6 +259,136 @@ def canonicalize(vecs: Tensor, row_mask: Tensor | None = None) -> Tensor:
     else:
         factor = torch.where(pivot < 0, -1.0, 1.0).to(vecs.dtype)
     return vecs * factor
+
+
+def _row_sq_norms(w: Tensor) -> Tensor:
+    """Squared Euclidean norms of the rows of ``w`` [..., n, m] (real or complex) -> [..., n]."""
+    if w.is_complex():
+        w = torch.view_as_real(w).flatten(-2)
+    return w.square().sum(-1)
+
+
+def pivoted_basis(basis: Tensor, steps: int) -> Tensor:
+    r"""Canonical basis of the eigenspaces spanned by the columns of ``basis`` [C, n, m]
+    (orthonormal columns, zero columns and zero rows allowed): its first ``steps`` vectors,
+    [C, n, steps].
+
+    Pivoted Cholesky of the projector :math:`P = V V^H` (which does not depend on the basis
+    :math:`V` the solver returned): with :math:`R = P`, repeat ``steps`` times: pivot ``p`` =
+    lowest node whose residual norm :math:`\sqrt{R_{pp}}` is >= ``(1 - SIGN_TOL)`` times the
+    largest; :math:`v = R e_p / \sqrt{R_{pp}}`; :math:`R \leftarrow R - v v^H` (the
+    projector onto the rest of the eigenspace). Then :math:`v_p = \sqrt{R_{pp}}` is real and
+    positive and, by Cauchy--Schwarz (:math:`|R_{jp}|^2 \le R_{jj} R_{pp}`), within the tie
+    tolerance of the largest modulus of :math:`v`; for ``m == 1`` this is :func:`canonicalize`.
+    Computed on :math:`W` with :math:`R = W W^H` (``W <- W (I - a a^H)``,
+    :math:`a = \overline{W_{p,:}} / \|W_{p,:}\|`): O(steps n m), all eigenspaces batched.
+    Steps beyond an eigenspace's dimension give meaningless columns (callers drop them).
+    """
+    num, n, _ = basis.shape
+    work = basis.clone()
+    out = basis.new_zeros(num, n, steps)
+    rows = torch.arange(num, device=basis.device)
+    tie = (1.0 - SIGN_TOL) ** 2  # on squared norms
+    for s in range(steps):
+        sq = _row_sq_norms(work)  # [C, n] residual diagonal R_jj
+        top = sq.amax(-1, keepdim=True)
+        p = (sq >= top * tie).to(torch.uint8).argmax(-1)  # [C] first tied maximum
+        npiv = sq[rows, p].sqrt().clamp_min(1e-300)  # [C]
+        a = work[rows, p].conj() / npiv.unsqueeze(-1).to(work.dtype)  # [C, m], unit
+        v = torch.bmm(work, a.unsqueeze(-1)).squeeze(-1)  # [C, n] = R e_p / sqrt(R_pp)
+        v[rows, p] = npiv.to(v.dtype)  # exactly real and positive
+        out[:, :, s] = v
+        if s + 1 < steps:
+            work = torch.baddbmm(work, v.unsqueeze(-1), a.conj().unsqueeze(1), alpha=-1)
+    return out
+
+
+def cluster_joins(lam: Tensor, scale: Tensor) -> Tensor:
+    r"""``joins[..., j]``: eigenvalue ``j + 1`` belongs to the cluster of eigenvalue ``j``.
+
+    ``lam`` [..., n] ascending, ``scale`` [...] the spectrum scale :math:`s = \max_i L_{ii}`.
+    Consecutive :math:`a \le b` are one cluster iff
+    :math:`b - a \le \text{CLUSTER\_RTOL}\,|b| + \text{CLUSTER\_ATOL}\, s`.
+    """
+    gap = lam[..., 1:] - lam[..., :-1]
+    return gap <= CLUSTER_RTOL * lam[..., 1:].abs() + CLUSTER_ATOL * scale.unsqueeze(-1)
+
+
+def canonical_basis(lam: Tensor, vec: Tensor, sizes: Tensor, scale: Tensor, ncols: int
+                    ) -> Tensor:
+    """Canonical eigenvectors 0 .. ncols-1 of a bucket of padded graphs (see the module
+    docstring): ``lam`` [b, n] ascending (the real ones first), ``vec`` [b, n, n],
+    ``sizes`` [b] real nodes, ``scale`` [b]. Returns [b, n, ncols].
+
+    Columns of multiplicity-one eigenvalues: :func:`canonicalize`. A cluster of m > 1
+    eigenvalues that starts before ``ncols`` (it may end after: a cut cluster contributes its
+    first pivots): :func:`pivoted_basis` of its whole eigenspace; all such clusters of the
+    bucket in one batched call (each as its graph's eigenvectors with the other columns
+    zeroed, which leaves the projector unchanged).
+    """
+    num_graphs, n, _ = vec.shape
+    device = vec.device
+    local = torch.arange(n, device=device)
+    real = local.unsqueeze(0) < sizes.unsqueeze(1)  # [b, n]
+    out = canonicalize(vec[:, :, :ncols], real)
+    if n < 2:
+        return out
+    joins = cluster_joins(lam, scale) & real[:, 1:]  # padding eigenvalues stay apart
+    if not bool(joins[:, :ncols].any()):  # the common case: no repeated eigenvalue in reach
+        return out
+    is_first = torch.ones_like(real)
+    is_first[:, 1:] = ~joins
+    cid = is_first.cumsum(1)  # [b, n] cluster id of every column
+    repeated = is_first.clone()
+    repeated[:, :-1] &= joins  # first column of a cluster of size > 1
+    repeated[:, ncols:] = False  # ... that starts in the window
+    g, s0 = torch.nonzero(repeated, as_tuple=True)  # [C]
+    member = cid[g] == cid[g, s0].unsqueeze(1)  # [C, n] the cluster's columns
+    mult = member.sum(1)
+    steps = torch.clamp(ncols - s0, max=mult)  # pivots needed in the window
+    ext = int((s0 + mult).max())  # columns 0 .. ext-1 hold every such cluster
+    keep = member[:, :ext].unsqueeze(1) & real[g].unsqueeze(2)
+    canon = pivoted_basis(vec[g, :, :ext] * keep.to(vec.dtype), int(steps.max()))
+    c_idx, t_idx = torch.nonzero(torch.arange(canon.size(2), device=device).unsqueeze(0)
+                                 < steps.unsqueeze(1), as_tuple=True)
+    out[g[c_idx], :, s0[c_idx] + t_idx] = canon[c_idx, :, t_idx]
+    return out
+
+
+def pivoted_basis_blocks(blocks: list[tuple[np.ndarray, np.ndarray]], steps: int, n: int
+                         ) -> np.ndarray:
+    """:func:`pivoted_basis` of one eigenspace given block-diagonally, [n, steps] (numpy).
+
+    ``blocks``: ``(node ids, W [n_c, m_c])`` per connected component (distinct node ids), the
+    eigenspace being the direct sum of the components' parts. The projector is block
+    diagonal, so a step only deflates the block of its pivot; pivots and ties are chosen over
+    all nodes exactly as in :func:`pivoted_basis` (lowest node id among the tied maxima).
+    Memory is the blocks' own, however many components share the eigenvalue.
+    """
+    dtype = np.result_type(*[w.dtype for _, w in blocks])
+    out = np.zeros((n, steps), dtype=dtype)
+    works = [np.array(w, dtype=dtype) for _, w in blocks]
+    ids = np.concatenate([i for i, _ in blocks])
+    owner = np.concatenate([np.full(i.size, b) for b, (i, _) in enumerate(blocks)])
+    offset = np.concatenate([[0], np.cumsum([i.size for i, _ in blocks])])
+    def sq_norms(w):
+        return np.square(w.real).sum(1) + np.square(w.imag).sum(1) if np.iscomplexobj(w) \
+            else np.square(w).sum(1)
+
+    sq = np.concatenate([sq_norms(w) for w in works])
+    for s in range(steps):
+        cand = np.nonzero(sq >= sq.max() * (1.0 - SIGN_TOL) ** 2)[0]
+        r = int(cand[np.argmin(ids[cand])])  # lowest node id among the tied maxima
+        b = int(owner[r])
+        work, p = works[b], r - int(offset[b])
+        npiv = max(math.sqrt(float(sq[r])), 1e-300)
+        a = work[p].conj() / npiv
+        v = work @ a
+        v[p] = npiv
+        out[blocks[b][0], s] = v
+        works[b] = work - np.outer(v, a.conj())
+        sq[offset[b]:offset[b + 1]] = sq_norms(works[b])
+    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -270,6 +438,8 @@ def dense_eigenpairs(row: Tensor, col: Tensor, w: Tensor, ptr: Tensor, spec: Lap
     ``row``/``col`` are global node ids (edges must stay inside their graph). Returns
     ``evals`` [B, num] float64, ``valid`` [B, num] bool (``start + j < N_g``) and ``vecs``
     [N, num] (float64, complex128 if magnetic) in the global node order; invalid columns are 0.
+    ``canonical``: the canonical basis (:func:`canonical_basis`, whole clusters, also those
+    reaching below ``start``), else eigh's vectors as they are.
     """
     device = w.device
     sizes = ptr.diff()
@@ -313,18 +483,21 @@ def dense_eigenpairs(row: Tensor, col: Tensor, w: Tensor, ptr: Tensor, spec: Lap
             lap = _dense_laplacian(row[pos] - base, col[pos] - base, w[pos],
                                    eslot, g_sizes, n, spec,
                                    None if q is None else q[gids_cpu])
+            local = torch.arange(n, device=device).unsqueeze(0)
+            rmask = local < g_sizes.unsqueeze(1)  # [b, n]
+            scale = torch.where(rmask, lap.diagonal(dim1=1, dim2=2).real, 0.0).amax(-1)
+            scale = torch.where(scale > 0, scale, 1.0)  # max_i L_ii of each graph
             with _single_threaded_torch(lap.device.type == 'cpu' and n <= _SMALL_EIGH):
                 lam, vec = torch.linalg.eigh(lap)  # ascending; padding eigenvalues sort last
+            ncols = min(start + num, n)  # eigenvectors 0 .. ncols-1 are needed
+            if canonical:  # whole clusters, also those cut by the window or by `start`
+                vec = canonical_basis(lam, vec, g_sizes, scale, ncols)
             cols = torch.arange(start, start + num, device=device)
             ok = cols.unsqueeze(0) < g_sizes.unsqueeze(1)  # [b, num]
-            take = cols.clamp(max=n - 1)
+            take = cols.clamp(max=ncols - 1)
             lam = torch.where(ok, lam[:, take], torch.zeros((), dtype=lam.dtype, device=device))
             vec = torch.where(ok.unsqueeze(1), vec[:, :, take],
                               torch.zeros((), dtype=vec.dtype, device=device))
-            local = torch.arange(n, device=device).unsqueeze(0)
-            rmask = local < g_sizes.unsqueeze(1)  # [b, n]
-            if canonical:
-                vec = canonicalize(vec, rmask)
             evals[gids] = lam
             valid[gids] = ok
             target = (ptr_dev[gids].unsqueeze(1) + local)[rmask]
@@ -469,33 +642,22 @@ def sparse_smallest(lap, nev: int, solver: str = 'auto') -> tuple[np.ndarray, np
     return lam, basis @ rot
 
 
-def sparse_graph_eigenpairs(row: Tensor, col: Tensor, w: Tensor, n: int, spec: LaplacianSpec,
-                            q: float, num: int, threshold: int, solver: str
-                            ) -> tuple[Tensor, Tensor, Tensor]:
-    """``num`` smallest eigenpairs of one (large) graph with local ids ``row``/``col``.
-
-    Returns ``evals`` [num], ``valid`` [num], ``vecs`` [n, num] (CPU, not canonicalised).
-    Connected components are solved separately (dense batched if small) and merged.
-    """
-    import scipy.sparse as sp
-    from scipy.sparse.csgraph import connected_components
-
-    r, c, wt = row.cpu().numpy(), col.cpu().numpy(), w.cpu().numpy()
-    lap = sparse_laplacian(r, c, wt, n, spec, q)
-    pattern = sp.coo_matrix((np.ones(r.size), (r, c)), shape=(n, n)).tocsr()
-    ncomp, labels = connected_components(pattern, directed=True, connection='weak')
-    counts = np.bincount(labels, minlength=ncomp)
-    # candidates: (eigenvalue, component, vector over the component's nodes)
-    cand_vals: list[np.ndarray] = []
-    cand_comp: list[np.ndarray] = []
-    cand_vecs: list[tuple[np.ndarray, np.ndarray]] = []  # (node ids, [n_c, m])
-    small = np.nonzero(counts <= threshold)[0]
+def _component_eigenpairs(lap, labels: np.ndarray, counts: np.ndarray, comps: np.ndarray,
+                          want: int, r: np.ndarray, c: np.ndarray, wt: np.ndarray,
+                          spec: LaplacianSpec, q: float, threshold: int, solver: str
+                          ) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """``min(want, n_c)`` smallest eigenpairs of each component in ``comps``:
+    ``{comp: (node ids, values [m], vectors [n_c, m])}`` (not canonicalised). Components
+    with at most ``threshold`` nodes are solved together (dense batched), larger ones with
+    :func:`sparse_smallest`."""
+    out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    small = comps[counts[comps] <= threshold]
     if small.size:
-        is_small = np.zeros(ncomp, dtype=bool)
+        is_small = np.zeros(counts.size, dtype=bool)
         is_small[small] = True
         nodes = np.nonzero(is_small[labels])[0]
-        order = nodes[np.argsort(labels[nodes], kind='stable')]
-        new_id = np.full(n, -1, dtype=np.int64)
+        order = nodes[np.argsort(labels[nodes], kind='stable')]  # grouped by component
+        new_id = np.full(labels.size, -1, dtype=np.int64)
         new_id[order] = np.arange(order.size)
         emask = is_small[labels[r]]
         sub_counts = counts[small]
@@ -505,43 +667,103 @@ def sparse_graph_eigenpairs(row: Tensor, col: Tensor, w: Tensor, n: int, spec: L
         ev, ok, vv = dense_eigenpairs(torch.from_numpy(new_id[r[emask]]),
                                       torch.from_numpy(new_id[c[emask]]),
                                       torch.from_numpy(wt[emask]), ptr, spec, qs,
-                                      num, 0, canonical=False)
+                                      min(want, int(sub_counts.max())), 0, canonical=False)
         ev, ok, vv = ev.numpy(), ok.numpy(), vv.numpy()
         for i, comp in enumerate(small):
             m = int(ok[i].sum())
-            ids = order[int(ptr[i]):int(ptr[i + 1])]
-            cand_vals.append(ev[i, :m])
-            cand_comp.append(np.full(m, comp))
-            cand_vecs.append((ids, vv[int(ptr[i]):int(ptr[i + 1]), :m]))
-    for comp in np.nonzero(counts > threshold)[0]:
+            lo, hi = int(ptr[i]), int(ptr[i + 1])
+            out[int(comp)] = (order[lo:hi], ev[i, :m], vv[lo:hi, :m])
+    for comp in comps[counts[comps] > threshold]:
         ids = np.nonzero(labels == comp)[0]
         sub = lap[ids][:, ids]
-        m = min(num, ids.size)
+        m = min(want, ids.size)
         if m >= ids.size - 1:  # ARPACK needs nev < n - 1: tiny problem, solve densely
             lam, vec = np.linalg.eigh(sub.toarray())
             lam, vec = lam[:m], vec[:, :m]
         else:
             lam, vec = sparse_smallest(sub, m, solver)
-        cand_vals.append(lam)
-        cand_comp.append(np.full(m, comp))
-        cand_vecs.append((ids, vec))
+        out[int(comp)] = (ids, lam, vec)
+    return out
+
+
+def sparse_graph_eigenpairs(row: Tensor, col: Tensor, w: Tensor, n: int, spec: LaplacianSpec,
+                            q: float, num: int, threshold: int, solver: str
+                            ) -> tuple[Tensor, Tensor, Tensor]:
+    """``num`` smallest eigenpairs of one (large) graph with local ids ``row``/``col``.
+
+    Returns ``evals`` [num], ``valid`` [num], ``vecs`` [n, num] (CPU), canonicalised by the
+    same rule as the dense path (:func:`canonical_basis`).
+    Connected components are solved separately (dense batched if small) and merged; a
+    repeated eigenvalue may be shared by several components (its eigenspace is the direct
+    sum of theirs: :func:`pivoted_basis_blocks`). A component solved only partly (its
+    ``want`` smallest pairs) whose last eigenvalue falls into a cluster reaching the window
+    may hide more of that eigenspace: its ``want`` is doubled and it is solved again (rare:
+    it needs a repeated eigenvalue exactly at the window's end).
+    """
+    import scipy.sparse as sp
+    from scipy.sparse.csgraph import connected_components
+
+    r, c, wt = row.cpu().numpy(), col.cpu().numpy(), w.cpu().numpy()
+    lap = sparse_laplacian(r, c, wt, n, spec, q)
+    pattern = sp.coo_matrix((np.ones(r.size), (r, c)), shape=(n, n)).tocsr()
+    ncomp, labels = connected_components(pattern, directed=True, connection='weak')
+    counts = np.bincount(labels, minlength=ncomp)
+    scale = float(np.abs(lap.diagonal()).max(initial=0.0)) or 1.0
+    want = np.full(ncomp, num, dtype=np.int64)
+    parts = _component_eigenpairs(lap, labels, counts, np.arange(ncomp), num, r, c, wt, spec,
+                                  q, threshold, solver)
+    while True:
+        comps = np.array(sorted(parts))
+        vals = np.concatenate([parts[k][1] for k in comps])
+        comp_of = np.concatenate([np.full(parts[k][1].size, k) for k in comps])
+        pos = np.concatenate([np.arange(parts[k][1].size) for k in comps])
+        key = np.where(np.abs(vals) < _ZERO_TOL * scale, 0.0, vals)
+        order = np.lexsort((pos, comp_of, key))
+        svals = vals[order]
+        joins = svals[1:] - svals[:-1] <= CLUSTER_RTOL * np.abs(svals[1:]) + CLUSTER_ATOL * scale
+        end = min(num, order.size)  # sorted positions 0 .. end-1 are kept
+        last = end - 1  # extend the window's last cluster to its end
+        while 0 <= last < joins.size and joins[last]:
+            last += 1
+        # a partly solved component whose last eigenvalue sits at or before `last` may have
+        # more eigenvalues in the window's clusters
+        spos = np.empty(order.size, dtype=np.int64)
+        spos[order] = np.arange(order.size)
+        ends = np.cumsum([parts[k][1].size for k in comps]) - 1
+        partial = np.array([parts[k][1].size < counts[k] for k in comps], dtype=bool)
+        redo = comps[partial & (spos[ends] <= last)] if order.size else comps[:0]
+        if not redo.size:
+            break
+        want[redo] = np.minimum(2 * want[redo], counts[redo])
+        for wv in np.unique(want[redo]):
+            parts.update(_component_eigenpairs(lap, labels, counts, redo[want[redo] == wv],
+                                               int(wv), r, c, wt, spec, q, threshold, solver))
     dtype = np.complex128 if spec.magnetic else np.float64
     evals = np.zeros(num)
     valid = np.zeros(num, dtype=bool)
     vecs = np.zeros((n, num), dtype=dtype)
-    if cand_vals:
-        vals = np.concatenate(cand_vals)
-        comps = np.concatenate(cand_comp)
-        pos = np.concatenate([np.arange(v.size) for v in cand_vals])
-        block = np.concatenate([np.full(v.size, i) for i, v in enumerate(cand_vals)])
-        scale = max(1.0, float(np.abs(lap.diagonal()).max()))
-        key = np.where(np.abs(vals) < _ZERO_TOL * scale, 0.0, vals)
-        chosen = np.lexsort((pos, comps, key))[:num]
-        for j, idx in enumerate(chosen):
-            ids, vec = cand_vecs[block[idx]]
-            vecs[ids, j] = vec[:, pos[idx]]
-            evals[j] = vals[idx]
-            valid[j] = True
+    evals[:end] = svals[:end]
+    valid[:end] = True
+    for j in range(end):
+        k, p = comp_of[order[j]], pos[order[j]]
+        vecs[parts[k][0], j] = parts[k][2][:, p]
+    vecs_t = canonicalize(torch.from_numpy(vecs))  # multiplicity one
+    vecs = vecs_t.numpy()
+    # repeated eigenvalues reaching the window: the pivoted basis of the whole eigenspace
+    first = 0
+    while first < end:
+        stop = first
+        while stop < joins.size and joins[stop]:
+            stop += 1
+        if stop > first:  # cluster = sorted positions first .. stop
+            members = order[first:stop + 1]
+            blocks = []
+            for k in np.unique(comp_of[members]):
+                mine = members[comp_of[members] == k]
+                blocks.append((parts[k][0], parts[k][2][:, np.sort(pos[mine])]))
+            steps = min(stop + 1, end) - first
+            vecs[:, first:first + steps] = pivoted_basis_blocks(blocks, steps, n)
+        first = stop + 1
     return torch.from_numpy(evals), torch.from_numpy(valid), torch.from_numpy(vecs)
 
 
@@ -603,7 +825,7 @@ def spectral_pe(data, spec: LaplacianSpec, k: int, skip: int, weight_attr: str |
             ev, _, vv = sparse_graph_eigenpairs(row[emask] - lo, col[emask] - lo, w[emask],
                                                 hi - lo, spec, 0.0 if q is None else float(q[g]),
                                                 k + skip, sparse_threshold, solver)
-        vv = canonicalize(vv[:, skip:])
+        vv = vv[:, skip:]  # canonical already (whole clusters, before skipping)
         out_vals[lo:hi] = ev[skip:].to(device).unsqueeze(0)
         out_vecs[lo:hi] = vv.to(device)
     return out_vals.clamp_min_(0.0), out_vecs

@@ -5,6 +5,7 @@ from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
 from ._eigen import DEFAULT_SPARSE_THRESHOLD, SOLVERS, LaplacianSpec, spectral_pe
+from ._sparse import set_attr
 
 
 class AddLapPE(BaseTransform):
@@ -26,16 +27,26 @@ class AddLapPE(BaseTransform):
     (``edge_weight=None`` ignores weights).
 
     Only the first eigenvector (smallest eigenvalue) is skipped: a disconnected graph keeps
-    its other zero eigenvalues. Within a repeated eigenvalue the basis is the solver's
-    (deterministic, but arbitrary). **Padding**: a graph with :math:`N \le k` has only
+    its other zero eigenvalues. **Padding**: a graph with :math:`N \le k` has only
     :math:`N - 1` such eigenvectors; column j exists iff :math:`j < N - 1`, otherwise both
     ``lap_pe[:, j]`` and ``lap_eigval[:, j]`` are 0 (an encoder masks them with
     ``j < N_graph - 1``; a real eigenvector column is never all-zero).
 
-    **Sign**: every column is multiplied by :math:`\pm 1` so that its largest-modulus entry
-    (first node among those within a relative 1e-6 of the maximum) is positive; the output
-    is deterministic, bit-identical from run to run, and a
-    :class:`~torch_geometric.data.Batch` gives the same numbers as its graphs one by one.
+    **Canonical basis** (the output is a function of the graph alone; details in
+    :mod:`gtpe.transforms._eigen`): a simple eigenvalue's vector has its sign fixed so that
+    its largest-modulus entry (first node among those within a relative 1e-6 of the maximum)
+    is positive. Inside a repeated eigenvalue (eigenvalues closer than
+    :math:`10^{-6}|\lambda| + 10^{-12}\max_i L_{ii}`) the basis is the pivoted Cholesky factor
+    of the eigenspace's projector :math:`P`: repeatedly the node p with the largest residual
+    :math:`R_{pp}` (ties within 1e-6: lowest index) gives :math:`v = R e_p / \sqrt{R_{pp}}`, then
+    :math:`R \leftarrow R - v v^\top`. The whole cluster is canonicalised before columns are
+    kept: a cluster cut by the k-th column gives its first pivots, and the skipped first
+    column is the first pivot of its cluster. So a graph gets the same numbers alone, in any
+    position of a :class:`~torch_geometric.data.Batch`, and through the dense or sparse
+    solver (to float64 rounding, 1e-10 before the float32 cast), and permuting its nodes
+    permutes the rows unless a pivot is tied (cycles and other symmetric graphs: ties are
+    broken by node index; the eigenspaces are permuted regardless). Repeated calls are
+    bit-identical. On a Batch, ``Batch.to_data_list()`` returns each graph's own rows.
 
     A Batch is computed at once: graphs with at most ``sparse_threshold`` nodes are bucketed
     by size and solved with batched dense ``torch.linalg.eigh`` (float64, on the data's
@@ -84,8 +95,8 @@ class AddLapPE(BaseTransform):
         spec = LaplacianSpec(normalization=self.normalization)
         vals, vecs = spectral_pe(data, spec, self.k, 1, self.edge_weight,
                                  self.sparse_threshold, self.sparse_solver)
-        data.lap_pe = vecs.float()
-        data.lap_eigval = vals.float()
+        set_attr(data, 'lap_pe', vecs.float())  # on a Batch: per-graph slices recorded
+        set_attr(data, 'lap_eigval', vals.float())
         return data
 
     def __repr__(self) -> str:

@@ -8,6 +8,7 @@ from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
 
 from ._eigen import DEFAULT_SPARSE_THRESHOLD, SOLVERS, LaplacianSpec, spectral_pe
+from ._sparse import set_attr
 
 
 class AddMagLapPE(BaseTransform):
@@ -33,15 +34,24 @@ class AddMagLapPE(BaseTransform):
     non-reciprocal edges (u->v without v->u); ``q_absolute=True`` uses ``q`` as is. The
     phases use the edge *pattern*; edge weights (``data[edge_weight]``) only enter
     :math:`A_s`. Self-loops and zero-weight edges are ignored, duplicates summed, isolated
-    nodes get :math:`L_{ii} = 1`. With :math:`q = 0` this is ``AddLapPE(normalization='sym')``
-    plus the trivial first eigenvector.
+    nodes get :math:`L_{ii} = 1`.
 
-    **Phase** (canonicalisation): every eigenvector is multiplied by the unit complex number
-    that makes its largest-modulus entry (first node among those within a relative 1e-6 of
-    the maximum modulus) real and positive. (The reference implementation instead fixes the
-    sign by the real part and rotates all vectors at one node chosen from the first
-    eigenvector; the per-vector pivot is never ill-defined.) Deterministic; a Batch gives
-    the same numbers as its graphs one by one.
+    **Phase** (canonicalisation, details in :mod:`gtpe.transforms._eigen`): a simple
+    eigenvalue's vector is multiplied by the unit complex number that makes its
+    largest-modulus entry (first node among those within a relative 1e-6 of the maximum
+    modulus) real and positive. (The reference implementation instead fixes the sign by the
+    real part and rotates all vectors at one node chosen from the first eigenvector; the
+    per-vector pivot is never ill-defined.) Inside a repeated eigenvalue the basis is the
+    pivoted Cholesky factor of the Hermitian eigenspace projector :math:`P` (pivot: largest
+    residual :math:`R_{pp}`, lowest node on ties; :math:`v = R e_p / \sqrt{R_{pp}}` has a
+    real positive pivot entry), the same rule as :class:`AddLapPE`. The output is a function
+    of the graph alone: the same numbers alone, anywhere in a Batch and through the dense or
+    sparse solver (to float64 rounding); ``Batch.to_data_list()`` returns each graph's rows.
+    With :math:`q = 0` the columns are :class:`AddLapPE` ``('sym')``'s shifted by one: column
+    0 is the trivial eigenvector :math:`D^{1/2} \mathbf{1} / \sqrt{\mathrm{vol}}` (for a
+    disconnected graph one component's, the first pivot of the zero eigenspace), so
+    ``AddMagLapPE(k + 1, q=0).maglap_pe[:, 1:, 0]`` equals ``AddLapPE(k).lap_pe`` (to float32
+    rounding), padding included.
 
     **Padding**: a graph with :math:`N < k` has :math:`N` eigenvectors; column j exists iff
     :math:`j < N`, otherwise ``maglap_pe[:, j]`` and ``maglap_eigval[:, j]`` are 0.
@@ -89,8 +99,9 @@ class AddMagLapPE(BaseTransform):
         spec = LaplacianSpec(normalization='sym', q=self.q, q_absolute=self.q_absolute)
         vals, vecs = spectral_pe(data, spec, self.k, 0, self.edge_weight,
                                  self.sparse_threshold, self.sparse_solver)
-        data.maglap_pe = torch.view_as_real(vecs).float()  # [N, k, 2]
-        data.maglap_eigval = vals.float()
+        # [N, k, 2]; on a Batch the per-graph slices are recorded (Batch.to_data_list)
+        set_attr(data, 'maglap_pe', torch.view_as_real(vecs).float())
+        set_attr(data, 'maglap_eigval', vals.float())
         return data
 
     def __repr__(self) -> str:
