@@ -4,11 +4,18 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from gtpe.transforms import AddExpanderEdges, AddRRWP, AddRWSE, precompute
+from gtpe.transforms import (
+    AddExpanderEdges,
+    AddLapPE,
+    AddMagLapPE,
+    AddRRWP,
+    AddRWSE,
+    precompute,
+)
 from gtpe.transforms._validate import check_edge_index, check_int
 
-TRANSFORMS = [AddRWSE(3), AddRRWP(3), AddExpanderEdges(2)]
-IDS = ['rwse', 'rrwp', 'expander']
+TRANSFORMS = [AddRWSE(3), AddRRWP(3), AddExpanderEdges(2), AddLapPE(2), AddMagLapPE(2)]
+IDS = ['rwse', 'rrwp', 'expander', 'lap', 'maglap']
 
 
 def ring(n):

@@ -76,6 +76,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from gtpe.transforms._validate import batch_ptr, check_edge_index
+
 SIGN_TOL = 1e-6
 """Relative tolerance under which two moduli (entries, or residual norms in
 :func:`pivoted_basis`) count as tied when choosing a pivot."""
@@ -160,41 +162,13 @@ def bucket_size(n: int) -> int:
 # --------------------------------------------------------------------------------------
 # Input handling
 # --------------------------------------------------------------------------------------
-def graph_ptr(data) -> Tensor:
-    """``ptr`` [B+1] (CPU, long) of a Batch, or ``[0, N]`` for a single graph."""
-    from torch_geometric.data import Batch
-
-    num_nodes = int(data.num_nodes or 0)
-    if isinstance(data, Batch):
-        ptr = getattr(data, 'ptr', None)
-        if ptr is None and getattr(data, 'batch', None) is not None:
-            counts = torch.bincount(data.batch.cpu(), minlength=data.num_graphs)
-            ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-        if ptr is not None:
-            ptr = ptr.detach().to('cpu', torch.long)
-            if int(ptr[-1]) != num_nodes:
-                raise ValueError(f"Batch.ptr ends at {int(ptr[-1])} but the batch has "
-                                 f"{num_nodes} nodes")
-            return ptr
-    return torch.tensor([0, num_nodes], dtype=torch.long)
-
-
-def prepare_edges(data, weight_attr: str | None, num_nodes: int, device: torch.device
-                  ) -> tuple[Tensor, Tensor, Tensor]:
-    """Validated ``(row, col, weight float64)`` without self-loops and zero-weight edges."""
-    edge_index = getattr(data, 'edge_index', None)
-    if edge_index is None:
-        empty = torch.zeros(0, dtype=torch.long, device=device)
-        return empty, empty, torch.zeros(0, dtype=torch.float64, device=device)
-    if edge_index.dim() != 2 or edge_index.size(0) != 2:
-        raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
-    if edge_index.dtype not in (torch.long, torch.int, torch.int16, torch.int8, torch.uint8):
-        raise ValueError(f"edge_index must be an integer tensor, got {edge_index.dtype}")
-    edge_index = edge_index.to(device=device, dtype=torch.long)
+def prepare_edges(data, weight_attr: str | None, ptr: Tensor, device: torch.device,
+                  owner: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Validated ``(row, col, weight float64)`` without self-loops and zero-weight edges
+    (:func:`gtpe.transforms._validate.check_edge_index`: integer ids in ``[0, N)``, no edge
+    between two graphs of a Batch)."""
+    edge_index = check_edge_index(data, owner, ptr).to(device)
     num_edges = edge_index.size(1)
-    if num_edges and (int(edge_index.min()) < 0 or int(edge_index.max()) >= num_nodes):
-        raise ValueError(f"edge_index has entries outside [0, {num_nodes}) "
-                         f"(min {int(edge_index.min())}, max {int(edge_index.max())})")
     weight = getattr(data, weight_attr, None) if weight_attr else None
     if weight is None:
         weight = torch.ones(num_edges, dtype=torch.float64, device=device)
@@ -771,7 +745,8 @@ def sparse_graph_eigenpairs(row: Tensor, col: Tensor, w: Tensor, n: int, spec: L
 # Entry point used by the transforms
 # --------------------------------------------------------------------------------------
 def spectral_pe(data, spec: LaplacianSpec, k: int, skip: int, weight_attr: str | None,
-                sparse_threshold: int, solver: str) -> tuple[Tensor, Tensor]:
+                sparse_threshold: int, solver: str, owner: str = 'AddLapPE'
+                ) -> tuple[Tensor, Tensor]:
     """Eigenpairs ``skip .. skip+k-1`` of every graph of ``data`` (a Data or a Batch).
 
     Returns per-node eigenvalues [N, k] (float64) and canonicalised eigenvectors [N, k]
@@ -779,16 +754,14 @@ def spectral_pe(data, spec: LaplacianSpec, k: int, skip: int, weight_attr: str |
     not exist (``skip + j >= N_g``) are 0 in both.
     """
     num_nodes = int(data.num_nodes or 0)
-    ptr = graph_ptr(data)
+    ptr = batch_ptr(data, owner)
     edge_index = getattr(data, 'edge_index', None)
-    device = edge_index.device if edge_index is not None else torch.device('cpu')
-    row, col, w = prepare_edges(data, weight_attr, num_nodes, device)
+    device = edge_index.device if isinstance(edge_index, Tensor) else torch.device('cpu')
+    row, col, w = prepare_edges(data, weight_attr, ptr, device, owner)
     num_graphs = ptr.numel() - 1
     sizes = ptr.diff()
     node_graph = torch.repeat_interleave(torch.arange(num_graphs, device=device),
                                          sizes.to(device))
-    if row.numel() and bool((node_graph[row] != node_graph[col]).any()):
-        raise ValueError("edge_index connects nodes of different graphs of the batch")
     q = effective_q(spec, row, col, num_nodes, ptr, node_graph) if spec.magnetic else None
 
     dtype = torch.complex128 if spec.magnetic else torch.float64

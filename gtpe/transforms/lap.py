@@ -94,7 +94,7 @@ class AddLapPE(BaseTransform):
     def forward(self, data: Data) -> Data:
         spec = LaplacianSpec(normalization=self.normalization)
         vals, vecs = spectral_pe(data, spec, self.k, 1, self.edge_weight,
-                                 self.sparse_threshold, self.sparse_solver)
+                                 self.sparse_threshold, self.sparse_solver, 'AddLapPE')
         set_attr(data, 'lap_pe', vecs.float())  # on a Batch: per-graph slices recorded
         set_attr(data, 'lap_eigval', vals.float())
         return data

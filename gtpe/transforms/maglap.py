@@ -98,7 +98,7 @@ class AddMagLapPE(BaseTransform):
     def forward(self, data: Data) -> Data:
         spec = LaplacianSpec(normalization='sym', q=self.q, q_absolute=self.q_absolute)
         vals, vecs = spectral_pe(data, spec, self.k, 0, self.edge_weight,
-                                 self.sparse_threshold, self.sparse_solver)
+                                 self.sparse_threshold, self.sparse_solver, 'AddMagLapPE')
         # [N, k, 2]; on a Batch the per-graph slices are recorded (Batch.to_data_list)
         set_attr(data, 'maglap_pe', torch.view_as_real(vecs).float())
         set_attr(data, 'maglap_eigval', vals.float())
