@@ -30,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: venv
-	$(VENV)/bin/gtpe train configs/zinc/gps+rwse.yaml --threads 1 --set train.epochs=3 --set train.warmup_epochs=0 --out runs/demo --overwrite
+	$(VENV)/bin/gtpe train configs/zinc/gps+rwse.yaml --threads 1 --set train.epochs=3 --out runs/demo --overwrite
 
 test: venv
 	$(PY) -m pytest -q

@@ -5,13 +5,13 @@ Subpackages:
     gtpe.nn          attention modules, PE encoders and the GPS layer
     gtpe.models      ``GPSModel`` built from a config dataclass
     gtpe.datasets    loaders (official sources or the ``GTPE_MIRROR`` offline mirror) and metrics
-    gtpe.train       the training loop behind ``gtpe train``
+    gtpe.train       the training loop behind ``gtpe train``; ``gtpe.load_run(DIR)`` reads a run back
 """
 from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "precompute"]
+__all__ = ["__version__", "load_run", "precompute"]
 
 
 def precompute(*args: Any, **kwargs: Any):
@@ -19,3 +19,10 @@ def precompute(*args: Any, **kwargs: Any):
     from gtpe.transforms.precompute import precompute as _precompute
 
     return _precompute(*args, **kwargs)
+
+
+def load_run(*args: Any, **kwargs: Any):
+    """``(model, config, info)`` of a training run folder (see :func:`gtpe.train.run.load_run`)."""
+    from gtpe.train.run import load_run as _load_run
+
+    return _load_run(*args, **kwargs)

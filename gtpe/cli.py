@@ -6,12 +6,15 @@
     gtpe data describe NAME [--json] [--root DIR]  statistics of one dataset
     gtpe train CONFIG [--set key=value ...] [--out DIR] [--resume | --overwrite] [--quiet]
                [--threads N]
+    gtpe evaluate DIR [--split test] [--checkpoint best|last] [--json]
+                                                   metric of a trained run on a split
     gtpe precompute CONFIG [--set key=value ...]   fill the PE cache of CONFIG's dataset
     gtpe bench GRID --out DIR [--set key=value ...] run a grid of configs, tabulate and plot
 
-Bad input (unknown config key, missing file, unknown dataset, unreadable mirror file, ...) prints
-one line ``gtpe: error: ...`` on stderr and exits with status 2; ``GTPE_DEBUG=1`` shows the
-traceback. Multi-process training: ``torchrun --nproc_per_node=N -m gtpe.cli train ...``.
+Bad input (unknown config key, missing file, unknown dataset, unreadable mirror file, corrupt
+checkpoint, ...) prints one line ``gtpe: error: ...`` on stderr and exits with status 2; a
+training run that diverged (non-finite loss) prints one line and exits with status 3;
+``GTPE_DEBUG=1`` shows the traceback. Multi-process training: ``torchrun --nproc_per_node=N -m gtpe.cli train ...``.
 """
 from __future__ import annotations
 
@@ -31,11 +34,13 @@ _EXAMPLES = '''examples:
   gtpe data describe zinc --json
   gtpe train configs/zinc/gps+rwse.yaml --set train.epochs=3 --out runs/demo
   gtpe train configs/zinc/gps+rwse.yaml --out runs/demo --resume
+  gtpe evaluate runs/demo --split test --json
   gtpe precompute configs/zinc/gps+lappe.yaml
   gtpe bench configs/bench/zinc_pe.yaml --out runs/bench/zinc_pe
   torchrun --nproc_per_node=2 -m gtpe.cli train configs/zinc/gps+rwse.yaml   (DDP)
 
-bad input prints one line "gtpe: error: ..." (exit status 2); GTPE_DEBUG=1 shows tracebacks.'''
+bad input prints one line "gtpe: error: ..." (exit status 2; 3: the training run diverged);
+GTPE_DEBUG=1 shows tracebacks.'''
 
 
 class UsageError(Exception):
@@ -84,6 +89,15 @@ def _build_parser() -> argparse.ArgumentParser:
     g.add_argument('--overwrite', action='store_true', help='discard a previous run in --out')
     s.add_argument('--quiet', action='store_true', help='no progress bars')
 
+    s = sub.add_parser('evaluate', help='evaluate a trained run on a split')
+    s.add_argument('run', metavar='DIR', help='the --out folder of `gtpe train`')
+    s.add_argument('--split', choices=('train', 'val', 'test'), default='test',
+                   help='split to evaluate (default: test)')
+    s.add_argument('--checkpoint', choices=('best', 'last'), default='best',
+                   help='best validation epoch (default) or last finished epoch')
+    s.add_argument('--json', action='store_true', help='print JSON')
+    s.add_argument('--quiet', action='store_true', help='no progress bars')
+
     s = sub.add_parser('precompute', help="compute and cache a config's positional encodings")
     s.add_argument('config')
     add_set(s)
@@ -130,6 +144,19 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from gtpe.train.run import evaluate_run
+    res = evaluate_run(args.run, split=args.split, checkpoint=args.checkpoint,
+                       progress=not args.quiet)
+    if args.json:
+        print(json.dumps(res, indent=2, allow_nan=False))
+    else:
+        value = 'nan' if res['value'] is None else f"{res['value']:.6g}"
+        print(f"{res['split']} {res['metric']}: {value} ({res['run']}, {res['checkpoint']}.pt, "
+              f"epoch {res['epoch']})")
+    return 0
+
+
 def _cmd_precompute(args) -> int:
     import time
 
@@ -170,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             import torch
             torch.set_num_threads(args.threads)
         handler = {'datasets': _cmd_datasets, 'data': _cmd_data, 'train': _cmd_train,
-                   'precompute': _cmd_precompute, 'bench': _cmd_bench}[args.command]
+                   'evaluate': _cmd_evaluate, 'precompute': _cmd_precompute,
+                   'bench': _cmd_bench}[args.command]
         return handler(args)
     except KeyboardInterrupt:
         print('gtpe: interrupted (a training run continues with --resume)', file=sys.stderr)
@@ -181,6 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        loop = sys.modules.get('gtpe.train.loop')  # imported by `train` (not here: light start)
+        if loop is not None and isinstance(exc, loop.TrainingDiverged):
+            print(f'gtpe: error: {message}', file=sys.stderr)
+            return 3
         if isinstance(exc, _USER_ERRORS):
             if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
                 message = f'{exc.filename}: {message}'

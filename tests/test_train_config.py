@@ -151,3 +151,64 @@ def test_every_bench_grid_loads(path):
     assert axes and len(runs) >= 2
     assert len({r.name for r in runs}) == len(runs)
     assert len({yaml.safe_dump(r.config.to_dict()) for r in runs}) == len(runs)
+
+
+@pytest.mark.parametrize('value, expected', [
+    ('-1', 'train.seed must be an integer in [0, 2**63 - 1], got -1'),
+    (str(2**63), f'train.seed must be an integer in [0, 2**63 - 1], got {2**63}'),
+    (str(10**20), f'train.seed must be an integer in [0, 2**63 - 1], got {10**20}'),
+    ('1e20', "train.seed: expected an integer, got str '1e20'"),
+    ('1.5', 'train.seed: expected an integer, got float 1.5'),
+    ('true', 'train.seed: expected an integer, got bool True'),
+])
+def test_out_of_range_seed_is_a_config_error(value, expected):
+    assert error_of(f'train.seed={value}') == expected
+
+
+def test_seed_range_in_code():
+    assert TrainConfig(seed=2**63 - 1).seed == 2**63 - 1
+    for bad in (-1, 2**63, True, 1.0):
+        with pytest.raises(ValueError, match='TrainConfig.seed must be an integer'):
+            TrainConfig(seed=bad)
+
+
+def test_warmup_is_capped_to_a_fifth_of_the_epochs():
+    assert TrainConfig(epochs=3, warmup_epochs=10).effective_warmup_epochs == 0
+    assert TrainConfig(epochs=20, warmup_epochs=10).effective_warmup_epochs == 4
+    assert TrainConfig(epochs=300, warmup_epochs=10).effective_warmup_epochs == 10
+    assert TrainConfig(epochs=50, warmup_epochs=0).effective_warmup_epochs == 0
+    assert TrainConfig(epochs=3, warmup_epochs=10).warmup_notice() == (
+        'train.warmup_epochs=10 capped to 0 (at most epochs // 5 = 0 of 3 epochs)')
+    assert TrainConfig(epochs=300, warmup_epochs=10).warmup_notice() is None
+    assert TrainConfig(epochs=3, warmup_epochs=10, scheduler='none').warmup_notice() is None
+
+
+def _quick_look(path):
+    """The ``--set`` overrides of the command under the config's ``# Quick look`` comment."""
+    text = path.read_text()
+    assert '# Quick look' in text, path
+    line = next(ln for ln in text.split('# Quick look', 1)[1].splitlines()
+                if 'gtpe train' in ln)
+    words = line.lstrip('# ').split()
+    assert words[:3] == ['gtpe', 'train', str(path.relative_to(REPO))], line  # this config
+    return [words[i + 1] for i, w in enumerate(words) if w == '--set']
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: str(p.relative_to(REPO / 'configs')))
+def test_quick_look_line_leaves_warmup(path):
+    overrides = _quick_look(path)
+    assert overrides, path
+    tc = load_config(path, overrides).train
+    factors = [lr_factor(e, tc.epochs, tc.effective_warmup_epochs, tc.scheduler)
+               for e in range(tc.epochs)]
+    assert factors[0] == 1.0, factors  # the first epoch trains at the config's lr
+    full = load_config(path).train  # the full run keeps its warmup
+    assert full.effective_warmup_epochs == full.warmup_epochs and full.warmup_notice() is None
+
+
+def test_non_finite_numbers_are_config_errors():
+    assert error_of('train.lr=.inf') == 'train: lr must be finite and > 0, got inf'
+    assert error_of('train.lr=1e999') == 'train: lr must be finite and > 0, got inf'
+    assert error_of('train.lr=.nan') == 'train: lr must be finite and > 0, got nan'
+    assert error_of('train.weight_decay=.inf').startswith('train: weight_decay must be finite')
+    assert error_of('train.grad_clip=.inf').startswith('train: grad_clip must be finite')

@@ -170,3 +170,64 @@ def test_limit_without_both_classes_fails_before_training():
         _check_metric_defined(info, 'val', negatives, 5)
     _check_metric_defined(info, 'val', negatives + [Data(y=torch.tensor([[1]]))], 6)
     _check_metric_defined(dataset_info('zinc'), 'val', negatives, 5)  # MAE: always defined
+
+
+def test_short_run_caps_warmup_and_says_so(tmp_path):
+    logged = []
+    config = load_config(data=TINY, overrides=['train.scheduler=cosine', 'train.warmup_epochs=10',
+                                               'dataset.limit=32'])
+    train(config, tmp_path / 'run', progress=False, log=logged.append)
+    assert logged[0] == 'train.warmup_epochs=10 capped to 0 (at most epochs // 5 = 0 of 3 epochs)'
+    lrs = [float(r['lr']) for r in read_rows(tmp_path / 'run' / 'metrics.csv')]
+    assert lrs == pytest.approx([3e-3, 3e-3 * 0.75, 3e-3 * 0.25])  # cosine, no warmup
+
+
+def test_progress_lines_during_epochs_in_a_log(tmp_path, capsys, monkeypatch):
+    """Not a terminal (capsys): plain progress lines appear while an epoch runs, and the data
+    loading / precompute phases get ``progress`` passed through."""
+    import gtpe.datasets
+    import gtpe.transforms
+    monkeypatch.setenv('GTPE_PROGRESS_INTERVAL', '1e-9')
+    seen = {}
+    load_dataset, precompute = gtpe.datasets.load_dataset, gtpe.transforms.precompute
+
+    def spy_load(*args, **kwargs):
+        seen['load_dataset'] = kwargs.get('progress')
+        return load_dataset(*args, **kwargs)
+
+    def spy_precompute(*args, **kwargs):
+        seen['precompute'] = kwargs.get('progress')
+        return precompute(*args, **kwargs)
+
+    monkeypatch.setattr(gtpe.datasets, 'load_dataset', spy_load)
+    monkeypatch.setattr(gtpe.transforms, 'precompute', spy_precompute)
+    config = load_config(data=TINY, overrides=['train.epochs=1', 'dataset.limit=64'])
+    train(config, tmp_path / 'run')
+    err = capsys.readouterr().err
+    assert seen == {'load_dataset': True, 'precompute': True}
+    lines = err.splitlines()
+    assert 'epoch 1/1: 1/2 batch (50%)' in '\n'.join(lines), err  # a line in the middle
+    assert any(line.startswith('eval val: ') for line in lines), err
+    assert not any('\r' in line for line in lines)
+    quiet = tmp_path / 'quiet'
+    train(config, quiet, progress=False)
+    assert 'batch' not in capsys.readouterr().err
+
+
+def test_bench_keeps_going_after_a_diverged_run(tmp_path, capsys):
+    import yaml
+    base = tmp_path / 'base.yaml'
+    base.write_text(yaml.safe_dump({**TINY, 'dataset': {'name': 'zinc', 'limit': 32},
+                                    'train': {**TINY['train'], 'epochs': 1}}))
+    grid = tmp_path / 'grid.yaml'
+    grid.write_text('base: base.yaml\ngrid:\n  train.lr: [1.0e+9, 3.0e-3]\n')
+    out = tmp_path / 'bench'
+    assert main(['bench', str(grid), '--out', str(out), '--quiet']) == 0
+    assert 'training diverged in epoch 1' in capsys.readouterr().out
+    rows = read_rows(out / 'results.csv')
+    assert [(r['status'], r['test'] == '') for r in rows] == [('diverged', True),
+                                                             ('completed', False)]
+    assert '| diverged |' in (out / 'results.md').read_text()
+    # the diverged run counts as done: running the grid again trains nothing
+    assert main(['bench', str(grid), '--out', str(out), '--quiet']) == 0
+    assert capsys.readouterr().out.count('already done') == 2

@@ -11,6 +11,7 @@ import time
 
 import yaml
 
+from gtpe._atomic import TEMP_PREFIX
 from gtpe.train.checkpoint import load_checkpoint
 
 CONFIG = {
@@ -86,7 +87,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path):
         assert len(_rows(killed / 'metrics.csv')) == 1
         assert not [p for p in (killed / 'checkpoints').iterdir() if p.name.startswith('.')]
         # what a kill in the middle of a checkpoint write leaves (gtpe._atomic's naming)
-        stale = killed / 'checkpoints' / '.last.pt.k1ll3d.tmp'
+        stale = killed / 'checkpoints' / f'{TEMP_PREFIX}last.pt.k1ll3d.tmp'
         stale.write_bytes(b'half a checkpoint')
 
         resumed = subprocess.run([sys.executable, '-m', 'gtpe.cli', *cmd, '--out', str(killed),

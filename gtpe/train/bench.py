@@ -12,7 +12,9 @@ A grid file (``configs/bench/*.yaml``)::
       model.attn: [full, linear]     # axis over one key: a list of values
 
 Each run trains into ``OUT/runs/<label>/`` (resumable: a finished run with the same config is
-reused, an interrupted one continues from its checkpoint). After every run ``OUT/results.csv``,
+reused, an interrupted one continues from its checkpoint). A run that diverges (non-finite loss,
+see :mod:`gtpe.train.loop`) is logged, kept in the table with ``status`` ``diverged`` and no test
+value, and counts as finished; the grid goes on with the next run. After every run ``OUT/results.csv``,
 ``OUT/results.md`` (markdown table, plus a pivot table for two-axis grids) and ``OUT/results.svg``
 (bar chart of the test metric, drawn without matplotlib) are rewritten atomically.
 """
@@ -120,6 +122,8 @@ def _safe(name: str) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return 'n/a'
     if isinstance(v, float):
         return 'nan' if math.isnan(v) else f'{v:.4f}'
     return str(v)
@@ -127,7 +131,7 @@ def _fmt(v: Any) -> str:
 
 def render_markdown(axes: list[str], rows: list[dict], metric: str, higher: bool) -> str:
     """Markdown table of all runs (and a pivot of the test metric for two-axis grids)."""
-    cols = axes + ['best_val', 'test', 'best_epoch', 'epochs', 'num_params', 'seconds']
+    cols = axes + ['best_val', 'test', 'best_epoch', 'epochs', 'num_params', 'seconds', 'status']
     arrow = 'higher is better' if higher else 'lower is better'
     lines = [f'# Benchmark: test {metric} at best validation epoch ({arrow})', '',
              '| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
@@ -216,7 +220,7 @@ def render_svg(axes: list[str], rows: list[dict], metric: str, higher: bool) -> 
 def _write_outputs(out: Path, axes: list[str], rows: list[dict], metric: str,
                    higher: bool) -> None:
     cols = ['name'] + axes + ['metric', 'best_val', 'test', 'best_epoch', 'epochs', 'num_params',
-                              'seconds']
+                              'seconds', 'status']
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator='\n', extrasaction='ignore')
     w.writeheader()
@@ -231,7 +235,7 @@ def run_bench(grid_path: str | os.PathLike, out_dir: str | os.PathLike,
               overrides: Iterable[str] = (), progress: bool = True,
               log: Any | None = print) -> list[dict]:
     """Run every point of the grid sequentially; returns the result rows."""
-    from gtpe.train.loop import format_summary, train
+    from gtpe.train.loop import TrainingDiverged, format_summary, train
 
     axes, runs = expand_grid(grid_path, overrides)
     out = Path(out_dir)
@@ -242,10 +246,17 @@ def run_bench(grid_path: str | os.PathLike, out_dir: str | os.PathLike,
         results = _finished(run_dir, run.config)
         if results is None:
             resume = (run_dir / 'checkpoints' / 'last.pt').exists()  # interrupted earlier
-            results = train(run.config, run_dir, resume=resume, progress=progress, log=log)
+            try:
+                results = train(run.config, run_dir, resume=resume, progress=progress, log=log)
+            except TrainingDiverged as exc:
+                log(f'  {exc}')
+                results = exc.results
+        elif results.get('status') == 'diverged':
+            log(f"  already done: diverged in epoch {results['diverged']['epoch']}")
         else:
             log(f'  already done: {format_summary(results)}')
         rows.append({'name': run.name, **run.labels, 'metric': results['metric'],
+                     'status': results.get('status', 'completed'),
                      'best_val': results['best_val'], 'test': results['test'],
                      'best_epoch': results['best_epoch'], 'epochs': results['epochs'],
                      'num_params': results['num_params'], 'seconds': results['seconds']})
@@ -263,7 +274,8 @@ def _finished(run_dir: Path, config: ExperimentConfig) -> dict | None:
         results = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if results.get('config') == config.to_dict() and \
-            results.get('epochs') == config.train.epochs:
+    if results.get('config') != config.to_dict():
+        return None
+    if results.get('epochs') == config.train.epochs or results.get('status') == 'diverged':
         return results
     return None

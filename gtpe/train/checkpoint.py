@@ -6,7 +6,9 @@ either the old or the new complete file, never a truncated one.
 from __future__ import annotations
 
 import os
+import pickle
 import random
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 from gtpe._atomic import atomic_write
 
 __all__ = [
+    'CheckpointError',
     'atomic_write_bytes',
     'atomic_write_text',
     'get_rng_state',
@@ -38,9 +41,35 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = 'cpu') -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+class CheckpointError(ValueError):
+    """A checkpoint (or run folder) that cannot be used; the message names the file and what to
+    do about it."""
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = 'cpu', *,
+                    advice: str = '') -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, always with ``weights_only=True``.
+
+    A file that is not one (corrupt, truncated, empty, another program's pickle) raises
+    :class:`CheckpointError` ``'<path>: cannot read the checkpoint (...)'`` followed by
+    ``advice`` (what the caller suggests doing); torch's own text, which suggests unsafe
+    loading, is never shown. A missing file raises :class:`FileNotFoundError`.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, pickle errors
+        if isinstance(exc, pickle.UnpicklingError) and 'Unsupported global' in str(exc):
+            why = 'it holds Python objects; gtpe reads only tensors and plain data'
+        else:
+            why = f'corrupt or truncated: {exc.__class__.__name__}'
+        raise CheckpointError(f'{path}: cannot read the checkpoint ({why}){advice}') from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f'{path}: not a gtpe checkpoint (expected a mapping, got '
+                              f'{type(state).__name__}){advice}')
+    return state
 
 
 def get_rng_state() -> dict[str, Any]:

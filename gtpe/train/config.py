@@ -13,8 +13,9 @@ Overrides ``key.path=value`` (``gtpe train --set``) are parsed as YAML scalars, 
 """
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +24,8 @@ import yaml
 
 from gtpe.models.config import GPSModelConfig
 from gtpe.train._dataclass_io import ConfigError, from_dict, set_path, to_dict
+
+Overrides = Iterable[str | tuple[str, Any]] | Mapping[str, Any] | str
 
 __all__ = [
     'ConfigError',
@@ -62,14 +65,17 @@ class TrainConfig:
     """Optimisation settings.
 
     The learning rate follows ``scheduler``: ``'cosine'`` warms up linearly over
-    ``warmup_epochs`` (lr * (e+1)/(warmup_epochs+1) in epoch e) and then decays with a half cosine
-    from ``lr`` to ``min_lr`` over the remaining epochs (stepped once per epoch, as GraphGPS);
-    ``'none'`` keeps ``lr`` constant.
+    ``W`` epochs (lr * (e+1)/(W+1) in epoch e) and then decays with a half cosine from ``lr`` to
+    ``min_lr`` over the remaining epochs (stepped once per epoch, as GraphGPS); ``'none'`` keeps
+    ``lr`` constant. ``W = min(warmup_epochs, epochs // 5)`` (:attr:`effective_warmup_epochs`):
+    warmup never takes more than a fifth of the run, so a short run (``--set train.epochs=3``:
+    no warmup) trains at ``lr`` instead of staying in warmup; ``gtpe train`` prints a one-line
+    notice (:meth:`warmup_notice`) when it caps.
 
-    ``seed`` seeds python, numpy and torch; the training order of epoch ``e`` is drawn from its
-    own generator seeded with ``(seed, e)``. On the CPU, runs (and resumed runs) are bitwise
-    reproducible; on CUDA, scatter/index_add use atomics, so set ``deterministic: true``
-    (``torch.use_deterministic_algorithms``, warn-only; also export
+    ``seed`` (an integer in ``[0, 2**63 - 1]``) seeds python, numpy and torch; the training order
+    of epoch ``e`` is drawn from its own generator seeded with ``(seed, e)``. On the CPU, runs
+    (and resumed runs) are bitwise reproducible; on CUDA, scatter/index_add use atomics, so set
+    ``deterministic: true`` (``torch.use_deterministic_algorithms``, warn-only; also export
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8``) for reproducible GPU runs at some speed cost.
     ``batch_size`` is per process under ``torchrun``.
     """
@@ -91,17 +97,35 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, f'epochs must be >= 1, got {self.epochs}'),
             (self.batch_size >= 1, f'batch_size must be >= 1, got {self.batch_size}'),
-            (self.lr > 0, f'lr must be > 0, got {self.lr}'),
-            (self.weight_decay >= 0, f'weight_decay must be >= 0, got {self.weight_decay}'),
+            (0 < self.lr < math.inf, f'lr must be finite and > 0, got {self.lr}'),
+            (0 <= self.weight_decay < math.inf,
+             f'weight_decay must be finite and >= 0, got {self.weight_decay}'),
             (self.warmup_epochs >= 0, f'warmup_epochs must be >= 0, got {self.warmup_epochs}'),
             (0 <= self.min_lr <= self.lr, f'min_lr must be in [0, lr], got {self.min_lr}'),
-            (self.grad_clip is None or self.grad_clip > 0,
-             f'grad_clip must be > 0 or null, got {self.grad_clip}'),
+            (self.grad_clip is None or 0 < self.grad_clip < math.inf,
+             f'grad_clip must be finite and > 0, or null, got {self.grad_clip}'),
             (self.num_workers >= 0, f'num_workers must be >= 0, got {self.num_workers}'),
         ]
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
+                not 0 <= self.seed < 2**63:  # the range torch.manual_seed and numpy accept
+            raise ValueError(f'TrainConfig.seed must be an integer in [0, 2**63 - 1], '
+                             f'got {self.seed!r}')
+
+    @property
+    def effective_warmup_epochs(self) -> int:
+        """Warmup epochs actually used: ``min(warmup_epochs, epochs // 5)``."""
+        return min(self.warmup_epochs, self.epochs // 5)
+
+    def warmup_notice(self) -> str | None:
+        """The line ``gtpe train`` prints when the cosine warmup is capped, else ``None``."""
+        if self.scheduler != 'cosine' or self.effective_warmup_epochs == self.warmup_epochs:
+            return None
+        return (f'train.warmup_epochs={self.warmup_epochs} capped to '
+                f'{self.effective_warmup_epochs} (at most epochs // 5 = {self.epochs // 5} of '
+                f'{self.epochs} epochs)')
 
 
 @dataclass
@@ -159,20 +183,30 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def apply_overrides(data: dict, overrides: Iterable[str | tuple[str, Any]]) -> dict:
-    """Apply ``key=value`` overrides to plain config data in place (and return it)."""
-    for item in overrides:
+def _override_items(overrides: Any) -> list:
+    if isinstance(overrides, str):
+        return [overrides]
+    if isinstance(overrides, Mapping):
+        return list(overrides.items())
+    return list(overrides)
+
+
+def apply_overrides(data: dict, overrides: Overrides) -> dict:
+    """Apply overrides to plain config data in place (and return it): ``key=value`` strings,
+    ``(key, value)`` pairs, or a mapping ``{key: value}``."""
+    for item in _override_items(overrides):
         key, value = parse_override(item) if isinstance(item, str) else item
         set_path(data, key, value)
     return data
 
 
-def load_config(path: str | os.PathLike | None = None,
-                overrides: Iterable[str | tuple[str, Any]] = (),
+def load_config(path: str | os.PathLike | None = None, overrides: Overrides = (),
                 data: dict | None = None) -> ExperimentConfig:
     """Load an :class:`ExperimentConfig` from a YAML file (or plain ``data``) plus overrides.
 
-    Also checks that ``dataset.name`` is a known dataset.
+    ``overrides`` are applied in order, like ``gtpe train --set``: ``['train.epochs=3']``
+    (values parsed as YAML), ``[('train.epochs', 3)]``, ``{'train.epochs': 3}`` or a single
+    ``'train.epochs=3'``. Also checks that ``dataset.name`` is a known dataset.
     """
     if data is None:
         data = read_yaml(path) if path is not None else {}

@@ -5,12 +5,28 @@ Outputs in ``out_dir`` (rank 0 only):
 - ``config.yaml``: the resolved experiment config;
 - ``metrics.csv``: one row per epoch: ``epoch, train_loss, val_<metric>, test_<metric>, lr, seconds``;
 - ``checkpoints/last.pt`` (every epoch) and ``checkpoints/best.pt`` (best validation metric),
-  both written atomically. ``last.pt`` holds model, optimizer, scheduler, the RNG states of
+  both written atomically. Each holds model, optimizer, scheduler, the RNG states of
   python/numpy/torch (every rank), the epoch, the best so far and the metric rows, so
   ``resume=True`` after a kill continues exactly: same epochs and same values as a run that was
-  never interrupted (the ``seconds`` column aside);
-- ``results.json``: best validation metric, test metric at the best validation epoch, epochs,
-  number of parameters, seconds and the config.
+  never interrupted (the ``seconds`` column aside). Copying ``best.pt`` over ``last.pt`` resumes
+  from the best epoch instead (the way out when ``last.pt`` is damaged);
+- ``results.json`` (always valid JSON: a NaN is written as ``null``): ``status``
+  (``'completed'`` or ``'diverged'``), best validation metric, test metric at the best
+  validation epoch (``null`` when no epoch had a finite validation metric: a NaN is never
+  "best"), epochs, number of parameters, seconds and the config.
+
+Divergence policy: a training step whose loss or gradient norm is not finite is not applied;
+the run stops there (also when, after an epoch, the weights or the val/test predictions are not
+finite; that epoch is not recorded). ``results.json``
+then has ``status: 'diverged'`` and ``diverged: {epoch, batch, reason}``, ``epochs`` counts the
+finished epochs, ``metrics.csv`` and the checkpoints hold those epochs only (their weights are
+finite), and :func:`train` raises :class:`TrainingDiverged` (``gtpe train`` prints one line and
+exits with status 3). ``resume=True`` continues from the last finished epoch.
+
+Progress (``progress=True``): :func:`gtpe._progress.progress_bar` bars for the epoch's batches
+and the evaluations (tqdm on a terminal; elsewhere a plain line at least every
+``$GTPE_PROGRESS_INTERVAL`` seconds, default 10), and the dataset build / PE precompute get
+``progress`` too.
 
 Losses (by the dataset's task): regression -> L1 (ZINC MAE); binary/multilabel ->
 ``BCEWithLogits`` with NaN labels masked out; multiclass -> cross entropy (on the split's node mask
@@ -24,7 +40,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,26 +49,29 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from gtpe._atomic import remove_stale_temporaries
+from gtpe._progress import progress_bar
 from gtpe.train import distributed as D
 from gtpe.train._dataclass_io import ConfigError
 from gtpe.train.checkpoint import (
+    CheckpointError,
     atomic_write_text,
     get_rng_state,
     load_checkpoint,
     save_checkpoint,
     set_rng_state,
 )
-from gtpe.train.config import ExperimentConfig, config_equal_except
+from gtpe.train.config import ExperimentConfig, config_equal_except, load_config
 
 __all__ = [
+    'TrainingDiverged',
     'build_model',
     'compute_loss',
     'format_summary',
     'load_data',
     'lr_factor',
+    'score',
     'seed_everything',
     'train',
 ]
@@ -62,6 +80,18 @@ __all__ = [
 _RESUME_MAY_DIFFER = ('train.device', 'train.num_workers')
 _OUTPUT_FILES = ('results.json', 'metrics.csv', 'config.yaml', 'checkpoints/last.pt',
                  'checkpoints/best.pt')
+_RESUME_KEYS = ('model', 'optimizer', 'scheduler', 'rng', 'epoch', 'best_epoch', 'best_val',
+                'rows', 'config')
+_SEED_MOD = 2**63  # derived seeds stay in the range torch.manual_seed accepts
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped because a loss, gradient norm or weight was not finite (see the module
+    docstring). ``results`` is the ``results.json`` content (``status: 'diverged'``)."""
+
+    def __init__(self, message: str, results: dict):
+        super().__init__(message)
+        self.results = results
 
 
 def seed_everything(seed: int) -> None:
@@ -203,10 +233,49 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
                     st['step'] = st['step'].to(dtype=torch.float32, device=p.device)
 
 
+def score(metric: str, y_true: Tensor, y_pred: Tensor) -> float:
+    """:func:`gtpe.datasets.evaluate`, or NaN when a prediction is not finite (a diverged model:
+    a NaN score is never "best"; scikit-learn's ROC-AUC / AP would raise instead)."""
+    from gtpe.datasets import metrics
+    if not bool(torch.isfinite(y_pred).all()):
+        return float('nan')
+    return float(metrics.evaluate(metric, y_true, y_pred))
+
+
+def _num(value: float | None) -> str:
+    return 'nan' if value is None else f'{value:.4f}'
+
+
 def format_summary(results: dict) -> str:
+    """``test <metric>: <value> (best val <value> at epoch <n>)``, the last line of a run."""
     m = results['metric']
-    return (f"test {m}: {results['test']:.4f} (best val {results['best_val']:.4f} "
+    if results.get('best_epoch') is None:
+        return f'test {m}: n/a (no epoch had a finite val {m})'
+    return (f"test {m}: {_num(results['test'])} (best val {_num(results['best_val'])} "
             f"at epoch {results['best_epoch']})")
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """Plain data with every non-finite float replaced by ``None`` (JSON ``null``)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def _all_finite(value: float, env: D.DistEnv) -> bool:
+    """``value`` is finite on every rank (a NaN anywhere makes the sum NaN)."""
+    if env.distributed:
+        value = D.all_reduce_sum([value], env.device)[0]
+    return math.isfinite(value)
+
+
+def _weights_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+               if torch.is_floating_point(t))
 
 
 def _is_better(value: float, best: float | None, higher: bool) -> bool:
@@ -237,7 +306,8 @@ def _write_metrics_csv(path: Path, rows: list[dict]) -> None:
 
 
 class _Evaluator:
-    """Predictions of ``model`` on one split; sharded round-robin over ranks when distributed."""
+    """Metric of ``model`` on one split (:func:`score`); sharded round-robin over ranks when
+    distributed. ``finite`` tells whether the last call's predictions were all finite."""
 
     def __init__(self, dataset, split: str, info, batch_size: int, num_workers: int, env):
         from torch_geometric.loader import DataLoader
@@ -248,14 +318,14 @@ class _Evaluator:
         ds = dataset if self.node_level else torch.utils.data.Subset(dataset, self.indices)
         self.loader = DataLoader(ds, batch_size=batch_size, shuffle=False,
                                  num_workers=num_workers)
+        self.finite = True  # whether the last call's predictions were all finite
 
     @torch.no_grad()
     def __call__(self, model, progress: bool) -> float:
-        from gtpe.datasets.metrics import evaluate
         model.eval()
         ys, preds = [], []
-        it = tqdm(self.loader, desc=f'eval {self.split}', leave=False,
-                  disable=not progress, dynamic_ncols=True)
+        it = progress_bar(self.loader, desc=f'eval {self.split}', unit='batch',
+                          enabled=progress, leave=False, dynamic_ncols=True)
         for batch in it:
             batch = batch.to(self.env.device)
             out = model(batch)
@@ -273,25 +343,35 @@ class _Evaluator:
             order = torch.tensor([i for p in parts for i in p[0]]).argsort()
             y_true = torch.cat([p[1] for p in parts])[order]
             y_pred = torch.cat([p[2] for p in parts])[order]
-        return float(evaluate(self.info.metric, y_true, y_pred))
+        self.finite = bool(torch.isfinite(y_pred).all())
+        return score(self.info.metric, y_true, y_pred)
 
 
-def train(config: ExperimentConfig, out_dir: str | os.PathLike, *, resume: bool = False,
-          overwrite: bool = False, progress: bool = True,
+def train(config: ExperimentConfig | str | os.PathLike, out_dir: str | os.PathLike, *,
+          resume: bool = False, overwrite: bool = False, progress: bool = True,
           log: Callable[[str], None] | None = None) -> dict:
     """Train ``config`` and write the outputs described in the module docstring to ``out_dir``.
 
     Args:
+        config: an :class:`~gtpe.train.config.ExperimentConfig` (:func:`load_config`) or the
+            path of an experiment YAML.
         resume: continue from ``out_dir/checkpoints/last.pt`` if it exists (else start afresh).
         overwrite: discard a previous run in ``out_dir`` (otherwise an existing run is an error).
-        progress: show tqdm bars.
-        log: called with each progress line (default: print on rank 0).
+        progress: show progress on stderr (bars on a terminal, periodic lines elsewhere).
+        log: called with each line: epochs, notices, the summary (default: print on rank 0).
     Returns:
-        the ``results.json`` content.
+        the ``results.json`` content (``status: 'completed'``).
+    Raises:
+        TrainingDiverged: a loss, gradient norm or weight stopped being finite; the results
+            (``status: 'diverged'``) are written and attached to the exception.
     """
+    if isinstance(config, (str, os.PathLike)):
+        config = load_config(config)
+    if not isinstance(config, ExperimentConfig):
+        raise TypeError(f'train: config must be an ExperimentConfig or a YAML path, got '
+                        f'{type(config).__name__} (build one with gtpe.train.load_config)')
     out = Path(out_dir)
     _check_out_dir(out, resume, overwrite)
-    progress = progress and sys.stderr.isatty()  # no bars in logs (tqdm's own convention)
     tc = config.train
     env = D.init_distributed(tc.device)
     try:
@@ -306,6 +386,9 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
     from torch_geometric.loader import DataLoader
 
     tc = config.train
+    notice = tc.warmup_notice()
+    if notice:
+        log(notice)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(tc.seed)
@@ -336,7 +419,7 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
 
     optimizer = make_optimizer(tc.optimizer, model.parameters(), tc.lr, tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: lr_factor(e, tc.epochs, tc.warmup_epochs, tc.scheduler,
+        optimizer, lambda e: lr_factor(e, tc.epochs, tc.effective_warmup_epochs, tc.scheduler,
                                        tc.min_lr / tc.lr))
     ddp_model = model
     if env.distributed:
@@ -350,7 +433,15 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
     cfg_dict = config.to_dict()
     last = ckpt_dir / 'last.pt'
     if resume and last.exists():
-        state = load_checkpoint(last)  # on the CPU: RNG states must stay there
+        best_pt = ckpt_dir / 'best.pt'
+        advice = '; start again with --overwrite' + (
+            f', or copy {best_pt} over it to resume from the best epoch'
+            if best_pt.exists() else '')
+        state = load_checkpoint(last, advice=advice)  # on the CPU: RNG states must stay there
+        missing = [k for k in _RESUME_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(f'{last}: not a resumable checkpoint (no '
+                                  f'{", ".join(missing)}){advice}')
         diffs = config_equal_except(state['config'], cfg_dict, _RESUME_MAY_DIFFER)
         if diffs:
             raise ConfigError(f'--resume: config differs from the checkpoint in {last} at '
@@ -366,7 +457,7 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
         else:
             log(f'warning: checkpoint from {len(rng)} processes, now {env.world_size}: '
                 f'RNG streams are re-seeded, the run will not match an uninterrupted one')
-            seed_everything(tc.seed + 7919 * start_epoch + env.rank)
+            seed_everything((tc.seed + 7919 * start_epoch + env.rank) % _SEED_MOD)
         log(f'resuming {out} after epoch {start_epoch}/{tc.epochs}')
     elif resume:
         log(f'no checkpoint in {ckpt_dir}: starting from scratch')
@@ -380,35 +471,58 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
             remove_stale_temporaries(folder)
         atomic_write_text(out / 'config.yaml', config.to_yaml())
     metric, higher = info.metric, bool(info.higher_is_better)
+    diverged = None
 
     for epoch in range(start_epoch, tc.epochs):
         t0 = time.perf_counter()
         if sampler is not None:
             sampler.set_epoch(epoch)
-        gen.manual_seed(tc.seed * 1_000_003 + epoch)
+        gen.manual_seed((tc.seed * 1_000_003 + epoch) % _SEED_MOD)
         lr = optimizer.param_groups[0]['lr']
         ddp_model.train()
         total, count = 0.0, 0
-        bar = tqdm(train_loader, desc=f'epoch {epoch + 1}/{tc.epochs}', leave=False,
-                   disable=not progress, dynamic_ncols=True)
-        for batch in bar:
+        bar = progress_bar(train_loader, desc=f'epoch {epoch + 1}/{tc.epochs}', unit='batch',
+                           enabled=progress, leave=False, dynamic_ncols=True)
+        for step, batch in enumerate(bar):
             batch = batch.to(env.device)
             out_t = ddp_model(batch)
             mask = batch.train_mask if info.level == 'node' else None
             loss = compute_loss(info.task, out_t, batch.y, mask)
+            loss_value = loss.item()
+            if not _all_finite(loss_value, env):
+                diverged = {'epoch': epoch + 1, 'batch': step + 1, 'reason': 'loss is not finite'}
+                break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if tc.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            # the total norm (clipped to grad_clip, if set; max_norm=inf scales by exactly 1)
+            norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), tc.grad_clip if tc.grad_clip is not None else math.inf)
+            if not math.isfinite(float(norm)):  # same on every rank: gradients are all-reduced
+                diverged = {'epoch': epoch + 1, 'batch': step + 1,
+                            'reason': 'gradient norm is not finite'}
+                break
             optimizer.step()
             n = batch.num_graphs if info.level == 'graph' else 1
-            total += loss.item() * n
+            total += loss_value * n
             count += n
-            bar.set_postfix(loss=f'{total / max(count, 1):.4f}', refresh=False)
+            bar.set_postfix_str(f'loss {total / max(count, 1):.4f}', refresh=False)
+        if diverged is not None:
+            bar.set_postfix_str(f"stopped at batch {diverged['batch']}: {diverged['reason']}",
+                                refresh=False)
+        bar.close()
+        if diverged is None and not _all_finite(0.0 if _weights_finite(model) else math.nan, env):
+            diverged = {'epoch': epoch + 1, 'batch': len(train_loader),
+                        'reason': 'weights are not finite after the epoch'}
+        if diverged is not None:
+            break
         total, count = D.all_reduce_sum([total, float(count)], env.device)
         train_loss = total / max(count, 1.0)
         val = evals['val'](model, progress)
         test = evals['test'](model, progress)
+        if not (evals['val'].finite and evals['test'].finite):  # same on every rank (gathered)
+            diverged = {'epoch': epoch + 1, 'batch': len(train_loader),
+                        'reason': 'the predictions on val/test are not finite after the epoch'}
+            break
         scheduler.step()
         improved = _is_better(val, best_val, higher)
         if improved:
@@ -418,31 +532,49 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
                      'seconds': round(time.perf_counter() - t0, 3)})
         rng = D.all_gather_objects(get_rng_state())
         if env.is_main:
-            if improved:
-                save_checkpoint(ckpt_dir / 'best.pt', {
-                    'model': model.state_dict(), 'epoch': epoch + 1, f'val_{metric}': val,
-                    'config': cfg_dict})
-            save_checkpoint(last, {
+            state = {
                 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                 'scheduler': scheduler.state_dict(), 'rng': rng, 'epoch': epoch + 1,
                 'best_epoch': best_epoch, 'best_val': best_val, 'rows': rows,
-                'config': cfg_dict})
+                f'val_{metric}': val, 'config': cfg_dict}
+            if improved:  # resumable too: the way out when last.pt is damaged
+                save_checkpoint(ckpt_dir / 'best.pt', state)
+            save_checkpoint(last, state)
             _write_metrics_csv(out / 'metrics.csv', rows)
         log(f'epoch {epoch + 1:>3}/{tc.epochs}  loss {train_loss:.4f}  val {metric} {val:.4f}  '
             f'test {metric} {test:.4f}  lr {lr:.2e}  {rows[-1]["seconds"]:.1f}s'
             + ('  *' if improved else ''))
         D.barrier()
 
-    best_row = rows[best_epoch - 1] if best_epoch is not None else rows[-1]
+    best_row = rows[best_epoch - 1] if best_epoch is not None else None
     results = {
         'dataset': config.dataset.name, 'metric': metric, 'higher_is_better': higher,
-        'best_epoch': best_row['epoch'], 'best_val': best_row[f'val_{metric}'],
-        'test': best_row[f'test_{metric}'], 'epochs': len(rows), 'num_params': num_params,
+        'status': 'diverged' if diverged else 'completed',
+        'best_epoch': best_epoch,
+        'best_val': best_row[f'val_{metric}'] if best_row else None,
+        'test': best_row[f'test_{metric}'] if best_row else None,
+        'epochs': len(rows), 'num_params': num_params,
         'seconds': round(sum(r['seconds'] for r in rows), 3), 'world_size': env.world_size,
-        'device': str(env.device), 'config': cfg_dict,
+        'device': str(env.device),
     }
+    if diverged:
+        results['diverged'] = diverged
+    results = _finite_or_none({**results, 'config': cfg_dict})
     if env.is_main:
-        atomic_write_text(out / 'results.json', json.dumps(results, indent=2) + '\n')
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / 'results.json',
+                          json.dumps(results, indent=2, allow_nan=False) + '\n')
+    if diverged:
+        kept = (f'checkpoints/last.pt holds epoch {len(rows)}' if rows
+                else 'no epoch finished, so there is no checkpoint')
+        what = ('without applying that step' if 'after the epoch' not in diverged['reason']
+                else 'without recording that epoch')
+        raise TrainingDiverged(
+            f"training diverged in epoch {diverged['epoch']}, batch {diverged['batch']}: "
+            f"{diverged['reason']} (train.lr={tc.lr:g}); stopped {what}. "
+            f"{out / 'results.json'} has status 'diverged' and {kept}. Lower train.lr"
+            f"{' (or set train.grad_clip)' if tc.grad_clip is None else ''} and start again "
+            f"with --overwrite", results)
+    if env.is_main:
         log(format_summary(results))
     return results
-
