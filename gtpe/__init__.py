@@ -9,7 +9,7 @@ Subpackages:
 """
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # part of the precompute cache key: bump when encodings change
 
 __all__ = ["__version__", "load_run", "precompute"]
 

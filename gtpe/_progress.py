@@ -2,10 +2,14 @@
 
 On a terminal, :func:`progress_bar` is an ordinary tqdm bar.  Anywhere else (a log file, CI, a
 Slurm job, a pipe) tqdm's carriage-return updates are unreadable and its default refresh is
-silent for long stretches, so the bar becomes a plain line printed when it starts, at least every
-``GTPE_PROGRESS_INTERVAL`` seconds (default 10) while it runs, and when it ends::
+silent for long stretches, so the bar becomes a plain line printed at least every
+``GTPE_PROGRESS_INTERVAL`` seconds (default 10) while it runs, and once more when it ends::
 
     precompute: 4096/12000 graph (34%), 11 s, ~21 s left
+    precompute: 12000/12000 graph (100%), 31 s, done
+
+Work shorter than one interval prints nothing (a 300-epoch run of fast epochs does not fill
+the log with bars).
 
 :func:`heartbeat` covers phases that have no count (a dataset build that reads one big file): it
 prints ``<desc>: working, 20 s`` every interval from a daemon thread, and one line at the end
@@ -61,17 +65,17 @@ class _LogBar:
         self.postfix = ''
         self.start = self.last = time.monotonic()
         self.closed = False
-        self._line(started=True)
+        self.printed = False
 
-    def _line(self, started: bool = False, done: bool = False) -> None:
+    def _line(self, done: bool = False) -> None:
+        self.printed = True
         elapsed = time.monotonic() - self.start
         count = f'{self.n}/{self.total}' if self.total is not None else f'{self.n}'
         parts = [f'{self.desc}: {count} {self.unit}']
         if self.total:
             parts[0] += f' ({100.0 * self.n / self.total:.0f}%)'
-        if not started:
-            parts.append(_seconds(elapsed))
-        if not done and not started and self.total and self.n:
+        parts.append(_seconds(elapsed))
+        if not done and self.total and self.n:
             parts.append(f'~{_seconds(elapsed * (self.total - self.n) / self.n)} left')
         if self.postfix:
             parts.append(self.postfix)
@@ -92,7 +96,8 @@ class _LogBar:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            self._line(done=True)
+            if self.printed:
+                self._line(done=True)
 
     def __iter__(self) -> Iterator[Any]:
         assert self.iterable is not None

@@ -167,6 +167,7 @@ def test_custom_model_example_runs():
 
 @pytest.mark.parametrize('quiet', [True, False])
 def test_quiet_hides_every_progress_bar(capsys, tmp_path, monkeypatch, quiet):
+    monkeypatch.setenv('GTPE_PROGRESS_INTERVAL', '1e-9')  # every step prints a line in a log
     # no dataset.limit: the dataset build and its pre_transform run inside load_dataset
     config = {**TINY, 'dataset': {'name': 'zinc'}}
     path = tmp_path / 'full.yaml'

@@ -33,3 +33,17 @@ def test_wheel_contains_py_typed_and_kernel_source(tmp_path):
     assert 'gtpe/py.typed' in names
     assert 'gtpe/nn/attention/full_kernel.c' in names
     assert 'gtpe/datasets/load.py' in names
+
+
+def test_installed_version_matches_the_package():
+    """pyproject's version (what pip installed) and ``gtpe.__version__`` (the precompute cache
+    key's part) move together."""
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    import gtpe
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / 'pyproject.toml').read_text())
+    assert pyproject['project']['version'] == gtpe.__version__
+    assert importlib.metadata.version('gtpe') == gtpe.__version__

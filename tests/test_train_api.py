@@ -11,6 +11,7 @@ import yaml
 import gtpe
 from gtpe.cli import main
 from gtpe.train import load_config, train
+from test_readme import code_block
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -20,27 +21,6 @@ TINY = {
     'train': {'epochs': 3, 'batch_size': 16, 'lr': 3e-3, 'scheduler': 'none', 'device': 'cpu'},
 }
 
-# The README's "Python API" block, verbatim (keep the two in sync).
-README_API = '''
-import torch
-from torch_geometric.loader import DataLoader
-
-import gtpe
-from gtpe.datasets import load_dataset
-from gtpe.train import load_config, train
-
-config = load_config('configs/zinc/gps+rwse.yaml', {'train.epochs': 3, 'dataset.limit': 64})
-results = train(config, 'runs/api', overwrite=True)  # what `gtpe train` writes; results.json
-print(results['status'], results['metric'], results['test'])  # completed mae 1.23...
-
-model, config, info = gtpe.load_run('runs/api')  # best.pt's weights, eval mode, on the CPU
-print(info.epoch, info.dataset.metric, info.results['test'])
-
-graphs = [load_dataset('zinc')['test'][i] for i in range(8)]
-graphs = gtpe.precompute(graphs, config.model.transforms())  # the run's encodings
-with torch.no_grad():
-    pred = model(next(iter(DataLoader(graphs, batch_size=8))))  # [8, 1] predicted MAE targets
-'''
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +55,8 @@ def test_readme_python_api_block(tmp_path, monkeypatch, capsys):
     (tmp_path / 'configs').symlink_to(REPO / 'configs')
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(README_API, 'README.md', 'exec'), namespace)  # noqa: S102
+    code = code_block((REPO / 'README.md').read_text(encoding='utf-8'), '## Python API')
+    exec(compile(code, 'README.md:python-api', 'exec'), namespace)  # noqa: S102
     results, model, info = namespace['results'], namespace['model'], namespace['info']
     assert results == json.loads(Path('runs/api/results.json').read_text())
     assert results['status'] == 'completed' and results['epochs'] == 3
