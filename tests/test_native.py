@@ -264,9 +264,12 @@ def test_load_failures_warn_once_and_return_none(fresh, monkeypatch):
     (lib,) = _libraries(fresh / "cache")
     good_hash = hashlib.sha256(lib.read_bytes()).hexdigest()
     assert good_hash in lib.name
-    lib.rename(lib.with_name(lib.name.replace(good_hash, hashlib.sha256(garbage).hexdigest())))
+    # a new file: the loaded library's inode (mapped in this process) is never written
+    lib.unlink()
+    lib.with_name(lib.name.replace(good_hash, hashlib.sha256(garbage).hexdigest())).write_bytes(
+        garbage)
     (lib,) = _libraries(fresh / "cache")
-    lib.write_bytes(garbage)
+    lib.chmod(0o700)
     monkeypatch.setattr(_native, "_loaded", {})
     with pytest.warns(RuntimeWarning, match="cannot load") as rec:
         assert _native.load(src) is None
