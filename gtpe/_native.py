@@ -8,9 +8,12 @@ never runs code built for another CPU.  Compiling takes about a second and happe
 
 Loading a library runs its code, so nothing is loaded from the cache unchecked:
 
-* The folder is created with mode ``0700``.  One of ours with other permissions (older gtpe
-  versions made it ``0755``) is set to ``0700``; one owned by another user, or that is not a
-  folder, is refused: nothing is built or loaded there.  Its parent folders are not checked.
+* The folder is created with mode ``0700``.  The default folder, if ours with other
+  permissions (older gtpe versions made it ``0755``), is set to ``0700``.  A folder named by
+  ``$GTPE_NATIVE_CACHE`` is never changed: if it is open to group or others (a team's shared
+  cache), the libraries go into a private subfolder ``gtpe-native-<uid>`` (``0700``) inside it.
+  A folder owned by another user, or that is not a folder, is refused: nothing is built or
+  loaded there.  Parent folders are not checked.
 * A library that is not a regular file (e.g. a symbolic link), is owned by another user or is
   writable by group or others is refused: never loaded, nor removed.
 * A library is named ``<source>-<build key>-<sha256 of its bytes>.so`` and written with
@@ -140,30 +143,46 @@ def load(
         return _loaded[key]
 
 
+def _own_folder(path: Path) -> str | None:
+    """Create ``path`` with mode ``0700`` if missing; what is wrong with it, or ``None`` when it
+    is a folder owned by this user."""
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a folder"
+    if st.st_uid != os.getuid():
+        return f"is owned by another user (uid {st.st_uid}; you are uid {os.getuid()})"
+    return None
+
+
 class _Refused(Exception):
     """The cache folder or a library in it fails the ownership/permission checks."""
 
 
 def _private_cache() -> Path:
-    """The cache folder, created ``0700``; a folder of ours with other permissions is set to
-    ``0700``.  Raises :class:`_Refused` (after one warning per folder and process) when it is
+    """The cache folder, created ``0700`` (see the module docstring for a folder open to
+    others).  Raises :class:`_Refused` (after one warning per folder and process) when it is
     owned by another user or is not a folder."""
     cache = _cache_dir()
+    chosen = bool(os.environ.get("GTPE_NATIVE_CACHE"))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.mkdir(cache, 0o700)
-        except FileExistsError:
-            pass
-        st = os.stat(cache)
-        if not stat.S_ISDIR(st.st_mode):
-            problem = "is not a folder"
-        elif st.st_uid != os.getuid():
-            problem = f"is owned by another user (uid {st.st_uid}; you are uid {os.getuid()})"
-        else:
-            if stat.S_IMODE(st.st_mode) != 0o700:
+        problem = _own_folder(cache)
+        if problem is None:
+            if stat.S_IMODE(os.stat(cache).st_mode) & 0o077 == 0:
+                return cache
+            if not chosen:  # gtpe's own default folder: make it private
                 os.chmod(cache, 0o700)
-            return cache
+                return cache
+            cache = cache / f"gtpe-native-{os.getuid()}"  # the user's folder: never changed
+            problem = _own_folder(cache)
+            if problem is None and stat.S_IMODE(os.stat(cache).st_mode) & 0o077:
+                problem = f"is open to group or others (mode {stat.S_IMODE(os.stat(cache).st_mode):#o})"
+            if problem is None:
+                return cache
     except OSError as exc:
         problem = f"cannot be created or used ({exc})"
     if str(cache) not in _refused_folders:

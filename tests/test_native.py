@@ -149,12 +149,33 @@ def test_fresh_build_makes_a_private_folder_and_library(fresh, monkeypatch):
 
 
 @needs_cc
-def test_cache_folder_open_to_others_is_tightened(fresh):
-    cache = fresh / "cache"
-    cache.mkdir()
-    cache.chmod(0o777)
+def test_default_cache_folder_open_to_others_is_tightened(fresh, monkeypatch):
+    monkeypatch.delenv("GTPE_NATIVE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(fresh / "xdg"))
+    cache = fresh / "xdg" / "gtpe" / "native"
+    cache.mkdir(parents=True)
+    cache.chmod(0o755)  # as older gtpe versions made it
     assert _native.load(_source(fresh)).twice(3) == 6
     assert stat.S_IMODE(cache.stat().st_mode) == 0o700
+    assert _libraries(cache)
+
+
+@needs_cc
+def test_chosen_cache_folder_open_to_others_is_never_changed(fresh):
+    """GTPE_NATIVE_CACHE at a shared folder (setgid, group-writable): its mode is left alone and
+    the libraries go into a private subfolder gtpe-native-<uid>."""
+    cache = fresh / "cache"
+    cache.mkdir()
+    cache.chmod(0o2775)
+    assert _native.load(_source(fresh)).twice(3) == 6
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o2775
+    private = cache / f"gtpe-native-{os.getuid()}"
+    assert stat.S_IMODE(private.stat().st_mode) & 0o777 == 0o700 and _libraries(private)
+    private.chmod(0o777)  # the private subfolder itself opened up: refused, not changed
+    _native._loaded.clear()
+    with pytest.warns(RuntimeWarning, match="open to group or others"):
+        assert _native.load(_source(fresh), {"OTHER": "1"}) is None
+    assert stat.S_IMODE(private.stat().st_mode) & 0o777 == 0o777
 
 
 @needs_cc
