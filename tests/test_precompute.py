@@ -5,9 +5,10 @@ import os
 import pytest
 import torch
 from torch_geometric.data import Batch, Data
+import torch_geometric.transforms as T
 from torch_geometric.transforms import BaseTransform, Compose
 
-from gtpe.transforms import AddExpanderEdges, AddRRWP, AddRWSE, precompute
+from gtpe.transforms import AddExpanderEdges, AddLapPE, AddRRWP, AddRWSE, precompute
 
 # the module (gtpe.transforms.precompute is also the name of the function)
 pc = importlib.import_module('gtpe.transforms.precompute')
@@ -150,10 +151,14 @@ def test_graphs_with_and_without_edge_weight_are_an_error():
     ds = make_graphs(9)
     for i in (0, 2, 3, 5, 6, 7, 8):
         ds[i].edge_weight = torch.ones(ds[i].edge_index.size(1))
-    for ts in ([AddRWSE(3)], [AddDegree()], [AddRRWP(3)]):
+    for ts in ([AddRWSE(3)], [AddDegree(), AddLapPE(2)], [AddRRWP(3)]):
         with pytest.raises(ValueError, match=r"precompute: 2 of 9 graphs have no 'edge_weight' "
                                              r"\(graph indices \[1, 4\]\)"):
             precompute(ds, ts, progress=False)
+    # transforms that never read edge_weight take the mix as before
+    for ts in ([AddExpanderEdges(2)], [AddDegree()], [T.AddSelfLoops()]):
+        out = precompute(ds, ts, progress=False)
+        assert [('edge_weight' in d) for d in out] == [('edge_weight' in d) for d in ds]
     # the other order: the first graph unweighted
     ds = make_graphs(4)
     ds[3].edge_weight = torch.ones(ds[3].edge_index.size(1))

@@ -654,9 +654,11 @@ def cache_path(cache_dir: str, key: str) -> str:
 
 # ----------------------------------------------------------------------------- public API
 def _check_consistent_keys(data_list: list[Data], transforms: list[Callable]) -> None:
-    """``edge_weight`` (and any attribute a transform lists in ``batch_keys``) is on every
-    graph or on none: a mix would weight some graphs and not others (or break the collate)."""
-    keys = {'edge_weight'}
+    """Every attribute that a batched transform reads (its ``batch_keys``, e.g. ``edge_weight``
+    for RWSE/RRWP/LapPE) is on every graph or on none: a mix would weight some graphs and not
+    others (or break the collate).  Per-graph transforms and attributes no transform reads may
+    mix freely."""
+    keys: set[str] = set()
     for t in transforms:
         keys |= {k for k in (getattr(t, 'batch_keys', None) or ()) if k}
     keys.discard('edge_index')
