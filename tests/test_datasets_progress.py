@@ -94,3 +94,17 @@ def test_lazy_package_still_exports_everything():
     assert 'load_dataset' in dir(d)
     with pytest.raises(AttributeError, match="gtpe.datasets' has no attribute 'nope'"):
         d.nope
+
+
+def test_submodules_are_attributes_after_a_plain_import():
+    """``import gtpe.datasets`` then ``gtpe.datasets.metrics.evaluate`` works in a fresh
+    interpreter (the package imports lazily), and every submodule file is reachable so."""
+    from pathlib import Path
+
+    import gtpe.datasets as d
+    files = {p.stem for p in Path(d.__file__).parent.glob('*.py')} - {'__init__'}
+    code = ('import gtpe.datasets as d\n'
+            f'for name in {sorted(files)!r}:\n'
+            '    getattr(d, name)\n'
+            'assert callable(d.metrics.evaluate)\n')
+    subprocess.run([sys.executable, '-c', code], check=True)

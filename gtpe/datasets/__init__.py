@@ -51,11 +51,17 @@ _WHERE = {
 }
 
 
+_SUBMODULES = ('base', 'cache', 'catalog', 'errors', 'info', 'load', 'metrics', 'mirror', 'molhiv',
+               'peptides', 'planetoid', 'smiles', 'zinc')
+
+
 def __getattr__(name: str):
     if name in _WHERE:
         return getattr(importlib.import_module(f'{__name__}.{_WHERE[name]}'), name)
+    if name in _SUBMODULES:  # ``gtpe.datasets.metrics.evaluate`` after ``import gtpe.datasets``
+        return importlib.import_module(f'{__name__}.{name}')
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))
