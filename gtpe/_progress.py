@@ -3,7 +3,9 @@
 On a terminal, :func:`progress_bar` is an ordinary tqdm bar.  Anywhere else (a log file, CI, a
 Slurm job, a pipe) tqdm's carriage-return updates are unreadable and its default refresh is
 silent for long stretches, so the bar becomes a plain line printed at least every
-``GTPE_PROGRESS_INTERVAL`` seconds (default 10) while it runs, and once more when it ends::
+``GTPE_PROGRESS_INTERVAL`` seconds (default 10) while it runs -- from a timer thread, so a step
+that takes longer than that (one big graph, a slow batch) still shows the current count -- and
+once more when it ends::
 
     precompute: 4096/12000 graph (34%), 11 s, ~21 s left
     precompute: 12000/12000 graph (100%), 31 s, done
@@ -53,7 +55,8 @@ def _seconds(s: float) -> str:
 
 class _LogBar:
     """The tqdm subset gtpe uses (``update``, ``set_postfix_str``, ``close``, context manager,
-    iteration), printing whole lines at most every ``every`` seconds."""
+    iteration), printing a whole line every ``every`` seconds while open (from a daemon thread,
+    or from :meth:`update` when a step ends after the interval)."""
 
     def __init__(self, iterable: Iterable[Any] | None, total: int | None, desc: str, unit: str,
                  file: IO[str], every: float) -> None:
@@ -66,6 +69,18 @@ class _LogBar:
         self.start = self.last = time.monotonic()
         self.closed = False
         self.printed = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._timer = threading.Thread(target=self._tick, name=f'gtpe-progress-{desc}',
+                                       daemon=True)
+        self._timer.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.every):
+            with self._lock:
+                if not self.closed and time.monotonic() - self.last >= 0.5 * self.every:
+                    self.last = time.monotonic()
+                    self._line()
 
     def _line(self, done: bool = False) -> None:
         self.printed = True
@@ -84,27 +99,35 @@ class _LogBar:
         print(', '.join(parts), file=self.file, flush=True)
 
     def update(self, n: int = 1) -> None:
-        self.n += n
-        now = time.monotonic()
-        if now - self.last >= self.every:
-            self.last = now
-            self._line()
+        with self._lock:
+            self.n += n
+            now = time.monotonic()
+            if now - self.last >= self.every:
+                self.last = now
+                self._line()
 
     def set_postfix_str(self, s: str = '', refresh: bool = True) -> None:
         self.postfix = s
 
     def close(self) -> None:
-        if not self.closed:
+        with self._lock:
+            if self.closed:
+                return
             self.closed = True
             if self.printed:
                 self._line(done=True)
+        self._stop.set()
+        if self._timer is not threading.current_thread():
+            self._timer.join()
 
     def __iter__(self) -> Iterator[Any]:
         assert self.iterable is not None
-        for item in self.iterable:
-            yield item
-            self.update(1)
-        self.close()
+        try:
+            for item in self.iterable:
+                yield item
+                self.update(1)
+        finally:
+            self.close()
 
     def __enter__(self) -> _LogBar:
         return self
@@ -116,6 +139,10 @@ class _LogBar:
 class _NoBar(_LogBar):
     def __init__(self, iterable: Iterable[Any] | None) -> None:
         self.iterable, self.n, self.closed, self.postfix = iterable, 0, True, ''
+
+    def __iter__(self) -> Iterator[Any]:
+        assert self.iterable is not None
+        yield from self.iterable
 
     def update(self, n: int = 1) -> None:
         self.n += n

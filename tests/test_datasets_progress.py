@@ -56,8 +56,8 @@ def test_smiles_featurisation_prints_counted_lines(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(smiles_mod, 'featurize_chunk', _slow(smiles_mod.featurize_chunk, 0.05))
     smiles_mod.featurize_smiles(SMILES, num_workers=1, chunk_size=4, desc='mols')
     lines = capsys.readouterr().err.splitlines()
-    assert re.match(r'mols: \d+/32 mol \(\d+%\), \d+ s, ~\d+ s left', lines[0]), lines
-    assert len(lines) >= 4 and all('left' in ln for ln in lines[:-1])
+    assert all(re.match(r'mols: \d+/32 mol \(\d+%\), \d+ s', ln) for ln in lines), lines
+    assert len(lines) >= 4 and any('left' in ln for ln in lines[:-1])
     assert lines[-1].startswith('mols: 32/32 mol (100%)') and lines[-1].endswith('done')
     # resumed: the chunks done before are named, the count covers the remaining work
     smiles_mod.featurize_smiles(SMILES, num_workers=1, chunk_size=4, desc='mols',
