@@ -106,3 +106,40 @@ def test_fallback_is_only_used_when_needed():
     assert not used and mol.GetNumAtoms() == 13
     with pytest.raises(ValueError, match='cannot parse'):
         mol_from_smiles('C1CC(')
+
+
+def test_incomplete_official_download_is_removed_before_ogb_prompts(tmp_path, monkeypatch):
+    """A failed/interrupted OGB download (folder without RELEASE_v*.txt) made OGB ask
+    'Will you update the dataset now? (y/N)' on stdin: EOFError without a terminal. gtpe removes
+    its own incomplete folder first; a complete one is kept."""
+    import builtins
+
+    from gtpe.datasets import molhiv
+
+    (tmp_path / 'ogbg_molhiv' / 'raw').mkdir(parents=True)
+    (tmp_path / 'ogbg_molhiv_pyg').mkdir()
+    assert molhiv.remove_incomplete_ogb_download(tmp_path, 'ogbg-molhiv')
+    assert not (tmp_path / 'ogbg_molhiv').exists() and not (tmp_path / 'ogbg_molhiv_pyg').exists()
+    done = tmp_path / 'ogbg_molhiv'
+    done.mkdir()
+    (done / 'RELEASE_v1.txt').write_text('')
+    assert not molhiv.remove_incomplete_ogb_download(tmp_path, 'ogbg-molhiv')
+    assert done.exists()
+    # build_official runs it before OGB: OGB's own constructor then never reads stdin
+    (done / 'RELEASE_v1.txt').unlink()
+
+    def no_input(prompt=''):
+        raise AssertionError(f'OGB prompted: {prompt!r}')
+
+    class Stop(Exception):
+        pass
+
+    def fake_ogb(name, root):  # OGB's constructor, up to its version check
+        assert not (tmp_path / 'ogbg_molhiv').exists()
+        raise Stop
+
+    monkeypatch.setattr(builtins, 'input', no_input)
+    import ogb.graphproppred
+    monkeypatch.setattr(ogb.graphproppred, 'PygGraphPropPredDataset', fake_ogb)
+    with pytest.raises(Stop):
+        molhiv.build_official(tmp_path, progress=False)

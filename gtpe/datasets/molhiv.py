@@ -8,6 +8,7 @@ fallback for the 7 SMILES that RDKit >= 2025.03 rejects, so no row is lost).
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -68,6 +69,31 @@ def _ogb_safe_globals():
     return [Data, DataEdgeAttr, DataTensorAttr, GlobalStorage, NodeStorage, EdgeStorage]
 
 
+def remove_incomplete_ogb_download(folder: Path, name: str) -> bool:
+    """Remove OGB's folder for ``name`` under gtpe's own ``folder`` when it lacks OGB's
+    ``RELEASE_v<version>.txt`` (a download that was interrupted or failed, e.g. offline).
+
+    OGB would otherwise ask ``Will you update the dataset now? (y/N)`` on standard input, which
+    hangs a job or, without a terminal, ends in ``EOFError``.  Returns whether it removed one."""
+    import shutil
+
+    import pandas as pd
+    from ogb.graphproppred import dataset_pyg
+
+    master = pd.read_csv(Path(dataset_pyg.__file__).parent / 'master.csv', index_col=0,
+                         keep_default_na=False)
+    release = f"RELEASE_v{master[name]['version']}.txt"
+    removed = False
+    for sub in ('_'.join(name.split('-')), '_'.join(name.split('-')) + '_pyg'):
+        path = Path(folder) / sub
+        if path.is_dir() and not (path / release).exists():
+            print(f'gtpe: removing the incomplete OGB download {path} (no {release})',
+                  file=sys.stderr, flush=True)
+            shutil.rmtree(path)
+            removed = True
+    return removed
+
+
 def build_official(folder: Path, progress: bool = True) -> dict:
     """Download/process with OGB. ogb 1.3.6 calls ``torch.load`` with torch's defaults, which refuse
     PyG classes since torch 2.6 (``weights_only=True``): allow-list them (as PyG itself does for
@@ -77,6 +103,7 @@ def build_official(folder: Path, progress: bool = True) -> dict:
     from torch_geometric.data import Data
 
     torch.serialization.add_safe_globals(_ogb_safe_globals())
+    remove_incomplete_ogb_download(folder, 'ogbg-molhiv')
     with heartbeat('ogbg-molhiv: OGB dataset (download, processing)', progress):
         ds = PygGraphPropPredDataset('ogbg-molhiv', root=str(folder))
         idx = ds.get_idx_split()
@@ -91,4 +118,5 @@ def build_official(folder: Path, progress: bool = True) -> dict:
     return {'splits': splits, 'meta': {}}
 
 
-__all__ = ['GraphArrays', 'build_mirror', 'build_official', 'read_split']
+__all__ = ['GraphArrays', 'build_mirror', 'build_official', 'read_split',
+           'remove_incomplete_ogb_download']
