@@ -76,3 +76,21 @@ def test_makefile_keeps_the_checkout_datasets_folder(tmp_path):
     assert _make_root(env) == f'root={REPO / "datasets"}'
     env['GTPE_DATA_ROOT'] = str(tmp_path / 'mine')
     assert _make_root(env) == f'root={tmp_path / "mine"}'
+
+
+def test_official_source_without_network_says_what_to_do(tmp_path, monkeypatch):
+    """Offline and without GTPE_MIRROR: one DatasetError naming the dataset and GTPE_MIRROR,
+    not urllib's bare '<urlopen error ...>'."""
+    import urllib.error
+
+    from gtpe.datasets import DatasetError, load_dataset
+    from gtpe.datasets import zinc as zinc_mod
+
+    def offline(folder, progress=True):
+        raise urllib.error.URLError(OSError(-2, 'Name or service not known'))
+
+    monkeypatch.delenv('GTPE_MIRROR', raising=False)
+    monkeypatch.setattr(zinc_mod, 'build_official', offline)
+    with pytest.raises(DatasetError, match=r"zinc: cannot download the official files .*"
+                                           r"set GTPE_MIRROR"):
+        load_dataset('zinc', root=tmp_path, progress=False)

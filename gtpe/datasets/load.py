@@ -9,6 +9,7 @@ import os
 import shutil
 import sys
 import time
+import urllib.error
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from gtpe._progress import heartbeat
 from . import cache as _cache
 from .base import SPLITS, GraphDataset
 from .catalog import DATA_ROOT_ENV, data_root, datasets_table, describe
+from .errors import DatasetError
 from .info import dataset_info
 from .mirror import mirror_paths, mirror_root
 
@@ -70,13 +72,19 @@ def _build(name: str, kind: str, files: dict | None, folder: Path, progress: boo
             return peptides.build_mirror(files, progress, resume_dir)
         return planetoid.build_mirror(name, files, folder / 'mirror', progress)
     official = folder / 'official'
-    if name == 'zinc':
-        return zinc.build_official(official, progress)
-    if name == 'ogbg-molhiv':
-        return molhiv.build_official(official, progress)
-    if name == 'peptides-func':
-        return peptides.build_official(official, progress)
-    return planetoid.build_official(name, official, progress)
+    try:
+        if name == 'zinc':
+            return zinc.build_official(official, progress)
+        if name == 'ogbg-molhiv':
+            return molhiv.build_official(official, progress)
+        if name == 'peptides-func':
+            return peptides.build_official(official, progress)
+        return planetoid.build_official(name, official, progress)
+    except urllib.error.URLError as exc:  # no network, proxy, DNS: say what to do instead
+        raise DatasetError(
+            f"{name}: cannot download the official files ({exc.reason}); on a machine "
+            f"without internet set GTPE_MIRROR to a folder laid out like the staged mirror "
+            f"(see datasets/README.md)") from exc
 
 
 def _stats(splits: dict) -> dict:
