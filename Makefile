@@ -29,8 +29,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) install -q -e '.[dev]'
 	touch $@
 
+# The run records its data root, so `gtpe evaluate runs/demo` finds the data outside make too.
 demo: venv
-	$(VENV)/bin/gtpe train configs/zinc/gps+rwse.yaml --threads 1 --set train.epochs=3 --out runs/demo --overwrite
+	$(VENV)/bin/gtpe train configs/zinc/gps+rwse.yaml --threads 1 --set train.epochs=3 \
+		--set dataset.root=$(GTPE_DATA_ROOT) --out runs/demo --overwrite
+	@echo "next: $(VENV)/bin/gtpe evaluate runs/demo --split test"
 
 test: venv
 	$(PY) -m pytest -q

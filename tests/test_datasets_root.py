@@ -76,6 +76,11 @@ def test_makefile_keeps_the_checkout_datasets_folder(tmp_path):
     assert _make_root(env) == f'root={REPO / "datasets"}'
     env['GTPE_DATA_ROOT'] = str(tmp_path / 'mine')
     assert _make_root(env) == f'root={tmp_path / "mine"}'
+    # make demo records that root in its run, so `gtpe evaluate runs/demo` finds the data
+    # from a plain shell too
+    out = subprocess.run(['make', '-n', '-C', str(REPO), 'demo', 'VENV=.venv-none'], env=env,
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    assert f'--set dataset.root={tmp_path / "mine"}' in out
 
 
 def test_official_source_without_network_says_what_to_do(tmp_path, monkeypatch):
