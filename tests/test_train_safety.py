@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import shutil
+import sys
 
 import pytest
 import torch
@@ -205,7 +206,15 @@ def _corrupt(path, how):
 
 
 @pytest.mark.parametrize('how', ['truncated', 'garbage', 'empty', 'unsafe'])
-def test_corrupt_last_checkpoint_names_file_and_way_out(capsys, tmp_path, tiny, how):
+def test_corrupt_last_checkpoint_names_file_and_way_out(capsys, tmp_path, tiny, how,
+                                                        monkeypatch):
+    calls = {'n': 0}
+
+    def fake_evaluate(metric, y_true, y_pred):  # val, test per epoch: epoch 1 is the best
+        calls['n'] += 1
+        return 0.1 if calls['n'] <= 2 else 0.9
+
+    monkeypatch.setattr(gtpe.datasets.metrics, 'evaluate', fake_evaluate)
     out = tmp_path / 'run'
     code, _, _ = run_main(capsys, 'train', tiny, '--set', 'train.epochs=2', '--out', out,
                           '--quiet')
@@ -219,13 +228,20 @@ def test_corrupt_last_checkpoint_names_file_and_way_out(capsys, tmp_path, tiny, 
     assert str(last) in line and '--overwrite' in line and 'best.pt' in line
     assert 'weights_only' not in line and 'PytorchStreamReader' not in line
 
-    # the advice works: resume from the best epoch's checkpoint
+    # the advice works: resume from the best epoch's checkpoint (epoch 1 of 2), which trains
+    # epoch 2 again
+    assert load_checkpoint(out / 'checkpoints' / 'best.pt')['epoch'] == 1
     shutil.copy(out / 'checkpoints' / 'best.pt', last)
     code, stdout, err = run_main(capsys, 'train', tiny, '--set', 'train.epochs=2', '--out', out,
                                  '--resume', '--quiet')
     assert code == 0, err
-    assert 'resuming' in stdout
-    assert strict_json(out / 'results.json')['status'] == 'completed'
+    assert 'resuming' in stdout and 'after epoch 1/2' in stdout
+    assert 'epoch   1/2' not in stdout and 'epoch   2/2' in stdout
+    assert [r['epoch'] for r in rows(out / 'metrics.csv')] == ['1', '2']
+    assert load_checkpoint(last)['epoch'] == 2
+    results = strict_json(out / 'results.json')
+    assert results['status'] == 'completed' and results['epochs'] == 2
+    assert results['best_epoch'] == 1
 
 
 def test_load_checkpoint_errors_are_checkpoint_errors(tmp_path):
@@ -244,3 +260,150 @@ def test_largest_seed_trains(tmp_path):
     config = load_config(data=TINY, overrides=[f'train.seed={2**63 - 1}', 'train.epochs=1'])
     results = train(config, tmp_path / 'run', progress=False, log=lambda s: None)
     assert results['status'] == 'completed'
+
+
+# --- per-step cost ----------------------------------------------------------------------------
+
+def _host_syncs_from_loop(monkeypatch, config, tmp_path):
+    """How many times the loop module itself reads a tensor value into Python during a run."""
+    count = {'n': 0}
+    for name in ('item', 'tolist', '__float__', '__bool__'):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            if sys._getframe(1).f_code.co_filename == loop.__file__:
+                count['n'] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    train(config, tmp_path, progress=False, log=lambda s: None)
+    monkeypatch.undo()
+    return count['n']
+
+
+@pytest.mark.parametrize('grad_clip', [None, 1.0])
+def test_one_host_sync_per_step_and_no_clipping_without_grad_clip(tmp_path, monkeypatch,
+                                                                   grad_clip):
+    clips = {'n': 0}
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def counted_clip(*args, **kwargs):
+        clips['n'] += 1
+        return clip(*args, **kwargs)
+
+    syncs = []
+    for batch_size in (16, 32):  # 4 and 2 training steps (64 graphs, one epoch)
+        monkeypatch.setattr(torch.nn.utils, 'clip_grad_norm_', counted_clip)
+        config = load_config(data=TINY, overrides=[f'train.batch_size={batch_size}',
+                                                   'train.epochs=1',
+                                                   f"train.grad_clip={grad_clip or 'null'}"])
+        syncs.append(_host_syncs_from_loop(monkeypatch, config, tmp_path / str(batch_size)))
+    assert (syncs[0] - syncs[1]) / 2 == 1, syncs  # per training step: one, after backward
+    assert clips['n'] == (0 if grad_clip is None else 4 + 2)
+
+
+def test_grad_clip_still_clips(tmp_path, monkeypatch):
+    norms = []
+    make = loop.make_optimizer
+
+    def recording_optimizer(*args, **kwargs):
+        opt = make(*args, **kwargs)
+
+        def record(optimizer, args, kwargs):  # the norm of the gradients the step applies
+            grads = [p.grad for g in optimizer.param_groups for p in g['params']
+                     if p.grad is not None]
+            norms.append(float(torch.linalg.vector_norm(torch.cat([g.reshape(-1)
+                                                                   for g in grads]))))
+
+        opt.register_step_pre_hook(record)
+        return opt
+
+    monkeypatch.setattr(loop, 'make_optimizer', recording_optimizer)
+    config = load_config(data=TINY, overrides=['train.grad_clip=1e-3', 'train.epochs=1'])
+    train(config, tmp_path / 'run', progress=False, log=lambda s: None)
+    assert len(norms) == 4 and max(norms) <= 1e-3 * (1 + 1e-5), norms
+
+
+# --- resuming a run whose warmup was not capped (gtpe 0.1) ------------------------------------
+
+WARM = ['train.scheduler=cosine', 'train.warmup_epochs=10']  # 3 epochs: capped to 0 since 0.2
+
+
+def _lrs(out):
+    return [float(r['lr']) for r in rows(out / 'metrics.csv')]
+
+
+def _interrupt_in_epoch_two(monkeypatch):
+    original = loop.compute_loss
+    calls = {'n': 0}
+
+    def interrupted(*args, **kwargs):  # 4 batches per epoch
+        calls['n'] += 1
+        if calls['n'] == 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(loop, 'compute_loss', interrupted)
+
+
+def test_resume_keeps_the_warmup_the_checkpoint_was_trained_with(tmp_path, monkeypatch):
+    from gtpe.train.config import TrainConfig
+    config = load_config(data=TINY, overrides=WARM)
+    assert config.train.effective_warmup_epochs == 0
+
+    # gtpe 0.1: no cap, and checkpoints without 'warmup_epochs_used'
+    with monkeypatch.context() as m:
+        m.setattr(TrainConfig, 'effective_warmup_epochs',
+                  property(lambda self: self.warmup_epochs))
+        m.setattr(TrainConfig, 'warmup_notice', lambda self: None)
+        old_ref = train(config, tmp_path / 'old_ref', progress=False, log=lambda s: None)
+        _interrupt_in_epoch_two(m)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, tmp_path / 'old', progress=False, log=lambda s: None)
+    last = tmp_path / 'old' / 'checkpoints' / 'last.pt'
+    state = load_checkpoint(last)
+    assert state['epoch'] == 1
+    state.pop('warmup_epochs_used', None)
+    torch.save(state, last)
+
+    logged = []
+    resumed = train(config, tmp_path / 'old', resume=True, progress=False, log=logged.append)
+    assert _lrs(tmp_path / 'old') == _lrs(tmp_path / 'old_ref')  # resumed == uninterrupted
+    assert _lrs(tmp_path / 'old')[:3] == pytest.approx([3e-3 / 11, 3e-3 * 2 / 11, 3e-3 * 3 / 11])
+    drop = ('seconds',)
+    assert {k: v for k, v in resumed.items() if k not in drop} == \
+        {k: v for k, v in old_ref.items() if k not in drop}
+    assert any('keeps the warmup of 10 epochs it started with' in s for s in logged), logged
+    assert not any('capped to 0' in s for s in logged), logged
+    assert load_checkpoint(last)['warmup_epochs_used'] == 10
+
+    # a run started with the cap records it and resumes with it, silently
+    ref = train(config, tmp_path / 'ref', progress=False, log=lambda s: None)
+    assert load_checkpoint(tmp_path / 'ref' / 'checkpoints' / 'last.pt')['warmup_epochs_used'] == 0
+    with monkeypatch.context() as m:
+        _interrupt_in_epoch_two(m)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, tmp_path / 'new', progress=False, log=lambda s: None)
+    logged = []
+    resumed = train(config, tmp_path / 'new', resume=True, progress=False, log=logged.append)
+    assert _lrs(tmp_path / 'new') == _lrs(tmp_path / 'ref') == pytest.approx(
+        [3e-3, 3e-3 * 0.75, 3e-3 * 0.25])
+    assert {k: v for k, v in resumed.items() if k not in drop} == \
+        {k: v for k, v in ref.items() if k not in drop}
+    assert not any('keeps the warmup' in s for s in logged), logged
+
+
+def test_resume_refuses_a_checkpoint_whose_warmup_cannot_be_told(tmp_path, monkeypatch):
+    config = load_config(data=TINY, overrides=WARM)
+    with monkeypatch.context() as m:
+        _interrupt_in_epoch_two(m)
+        with pytest.raises(KeyboardInterrupt):
+            train(config, tmp_path / 'run', progress=False, log=lambda s: None)
+    last = tmp_path / 'run' / 'checkpoints' / 'last.pt'
+    state = load_checkpoint(last)
+    state.pop('warmup_epochs_used')
+    state['rows'][0]['lr'] = 1.0  # neither schedule's epoch-1 lr
+    torch.save(state, last)
+    with pytest.raises(CheckpointError, match=r'last\.pt: .*warmup.*train\.warmup_epochs=10.*'
+                                              r'--overwrite'):
+        train(config, tmp_path / 'run', resume=True, progress=False, log=lambda s: None)

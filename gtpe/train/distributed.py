@@ -12,7 +12,9 @@ loop initialises the process group (NCCL on CUDA, Gloo on CPU), wraps the model 
 so the effective batch is ``batch_size * WORLD_SIZE``). Validation/test sets are sharded
 round-robin and the predictions gathered, so metrics are computed on every graph exactly once.
 Only rank 0 prints and writes files (results, metrics, checkpoints); checkpoints hold every rank's
-RNG state, so ``--resume`` with the same world size continues exactly.
+RNG state, so ``--resume`` with the same world size continues exactly. A run that diverges (see
+:mod:`gtpe.train.loop`) stops on every rank at the same step, after rank 0 has written
+``results.json``; ``torchrun`` then exits with status 1 (its report shows the workers' status 3).
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import torch.distributed as dist
 __all__ = [
     'DistEnv',
     'all_gather_objects',
+    'all_reduce_min',
     'all_reduce_sum',
     'barrier',
     'broadcast_object',
@@ -90,6 +93,14 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    """Elementwise minimum of ``tensor`` over all processes, in place and without a host sync
+    (``tensor`` itself when not distributed)."""
+    if _active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return tensor
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (a list of length ``world_size``; ``[obj]`` when not distributed)."""
     if not _active():
@@ -109,5 +120,6 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def barrier() -> None:
+    """Wait until every process gets here (nothing when not distributed)."""
     if _active():
         dist.barrier()

@@ -6,22 +6,32 @@ Outputs in ``out_dir`` (rank 0 only):
 - ``metrics.csv``: one row per epoch: ``epoch, train_loss, val_<metric>, test_<metric>, lr, seconds``;
 - ``checkpoints/last.pt`` (every epoch) and ``checkpoints/best.pt`` (best validation metric),
   both written atomically. Each holds model, optimizer, scheduler, the RNG states of
-  python/numpy/torch (every rank), the epoch, the best so far and the metric rows, so
-  ``resume=True`` after a kill continues exactly: same epochs and same values as a run that was
-  never interrupted (the ``seconds`` column aside). Copying ``best.pt`` over ``last.pt`` resumes
-  from the best epoch instead (the way out when ``last.pt`` is damaged);
+  python/numpy/torch (every rank), the epoch, the best so far, the metric rows and the warmup
+  epochs the lr schedule uses (``warmup_epochs_used``), so ``resume=True`` after a kill
+  continues exactly: same epochs and same values as a run that was never interrupted (the
+  ``seconds`` column aside). Copying ``best.pt`` over ``last.pt`` resumes from the best epoch
+  instead (the way out when ``last.pt`` is damaged). A resumed run keeps the warmup it started
+  with, also when that differs from today's ``TrainConfig.effective_warmup_epochs`` (a run
+  started by gtpe 0.1, which did not cap the warmup: its checkpoints do not record it, so it is
+  told from the first epoch's lr; a checkpoint where that is impossible is refused);
 - ``results.json`` (always valid JSON: a NaN is written as ``null``): ``status``
   (``'completed'`` or ``'diverged'``), best validation metric, test metric at the best
   validation epoch (``null`` when no epoch had a finite validation metric: a NaN is never
   "best"), epochs, number of parameters, seconds and the config.
 
-Divergence policy: a training step whose loss or gradient norm is not finite is not applied;
-the run stops there (also when, after an epoch, the weights or the val/test predictions are not
-finite; that epoch is not recorded). ``results.json``
-then has ``status: 'diverged'`` and ``diverged: {epoch, batch, reason}``, ``epochs`` counts the
-finished epochs, ``metrics.csv`` and the checkpoints hold those epochs only (their weights are
-finite), and :func:`train` raises :class:`TrainingDiverged` (``gtpe train`` prints one line and
-exits with status 3). ``resume=True`` continues from the last finished epoch.
+Divergence policy: a training step whose loss (on any rank) or gradient norm is not finite is
+not applied; the run stops there (also when, after an epoch, the weights or the val/test
+predictions are not finite; that epoch is not recorded). The check costs one host sync per step,
+after ``backward`` (and one all-reduce of two flags under DDP); without ``train.grad_clip`` the
+gradients are not touched. ``results.json`` then has ``status: 'diverged'`` and
+``diverged: {epoch, batch, reason}``, ``epochs`` counts the finished epochs, ``metrics.csv`` and
+the checkpoints hold those epochs only (their weights are finite), and :func:`train` raises
+:class:`TrainingDiverged` (``gtpe train`` prints one line and exits with status 3). Under
+``torchrun`` every rank stops at the same step and raises once ``results.json`` is written (no
+rank exits before, so the agent cannot stop rank 0 in the middle of that write); ``gtpe train``
+reports it on each rank as above (so the line may appear once per process), and ``torchrun``
+itself exits with status 1 after its own failure report (which shows the workers' status 3).
+``resume=True`` continues from the last finished epoch.
 
 Progress (``progress=True``): :func:`gtpe._progress.progress_bar` bars for the epoch's batches
 and the evaluations (tqdm on a terminal; elsewhere a plain line at least every
@@ -273,6 +283,43 @@ def _all_finite(value: float, env: D.DistEnv) -> bool:
     return math.isfinite(value)
 
 
+def _check_step(model: torch.nn.Module, loss: Tensor, grad_clip: float | None
+                ) -> tuple[bool, bool, float]:
+    """After ``loss.backward()``: ``(loss finite on every rank, gradient norm finite, this rank's
+    loss)`` with a single host sync. Clips the gradients to a total 2-norm of ``grad_clip`` when
+    set (:func:`torch.nn.utils.clip_grad_norm_`, which also gives the norm); otherwise only
+    measures it (:func:`torch.nn.utils.get_total_norm`). DDP's gradients are already averaged,
+    so the norm is the same on every rank; the loss is not, hence the MIN all-reduce."""
+    if grad_clip is not None:
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    else:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+    loss = loss.detach()
+    flags = torch.stack([loss.isfinite(), norm.to(loss.device).isfinite()]).to(torch.float64)
+    D.all_reduce_min(flags)
+    loss_ok, norm_ok, value = torch.cat([flags, loss.to(torch.float64).view(1)]).tolist()
+    return loss_ok == 1.0, norm_ok == 1.0, value
+
+
+def _checkpoint_warmup(state: dict, tc: Any, path: Path, advice: str) -> int:
+    """Warmup epochs the checkpointed run's lr schedule uses: recorded (``warmup_epochs_used``)
+    since gtpe 0.2; older checkpoints (gtpe 0.1 did not cap ``train.warmup_epochs``) are told
+    apart by the first epoch's lr, ``lr / (W + 1)`` (``lr`` when ``W = 0``)."""
+    if 'warmup_epochs_used' in state:
+        return int(state['warmup_epochs_used'])
+    if tc.scheduler != 'cosine':
+        return tc.effective_warmup_epochs
+    lr0 = state['rows'][0]['lr'] if state['rows'] else None
+    for w in dict.fromkeys((tc.effective_warmup_epochs, tc.warmup_epochs)):
+        if lr0 is not None and math.isclose(lr0, tc.lr * lr_factor(0, tc.epochs, w, 'cosine'),
+                                            rel_tol=1e-9):
+            return w
+    raise CheckpointError(f'{path}: cannot tell which lr warmup it was trained with (its epoch 1 '
+                          f'lr {lr0!r} matches neither train.warmup_epochs={tc.warmup_epochs} nor '
+                          f'its cap {tc.effective_warmup_epochs}){advice}')
+
+
 def _weights_finite(model: torch.nn.Module) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
                if torch.is_floating_point(t))
@@ -386,9 +433,6 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
     from torch_geometric.loader import DataLoader
 
     tc = config.train
-    notice = tc.warmup_notice()
-    if notice:
-        log(notice)
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     seed_everything(tc.seed)
@@ -418,9 +462,9 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
             break
 
     optimizer = make_optimizer(tc.optimizer, model.parameters(), tc.lr, tc.weight_decay)
+    warmup = tc.effective_warmup_epochs  # a resumed run keeps its checkpoint's (read late below)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda e: lr_factor(e, tc.epochs, tc.effective_warmup_epochs, tc.scheduler,
-                                       tc.min_lr / tc.lr))
+        optimizer, lambda e: lr_factor(e, tc.epochs, warmup, tc.scheduler, tc.min_lr / tc.lr))
     ddp_model = model
     if env.distributed:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
@@ -446,6 +490,7 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
         if diffs:
             raise ConfigError(f'--resume: config differs from the checkpoint in {last} at '
                               f'{", ".join(diffs)}; use the same config or another --out')
+        warmup = _checkpoint_warmup(state, tc, last, advice)
         model.load_state_dict(state['model'])
         load_optimizer_state(optimizer, state['optimizer'])
         scheduler.load_state_dict(state['scheduler'])
@@ -459,8 +504,15 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
                 f'RNG streams are re-seeded, the run will not match an uninterrupted one')
             seed_everything((tc.seed + 7919 * start_epoch + env.rank) % _SEED_MOD)
         log(f'resuming {out} after epoch {start_epoch}/{tc.epochs}')
+        if warmup != tc.effective_warmup_epochs:
+            log(f'the resumed run keeps the warmup of {warmup} epochs it started with (a new run '
+                f'would use {tc.effective_warmup_epochs}: train.warmup_epochs='
+                f'{tc.warmup_epochs} capped at epochs // 5 since gtpe 0.2)')
     elif resume:
         log(f'no checkpoint in {ckpt_dir}: starting from scratch')
+    notice = tc.warmup_notice()
+    if notice and warmup == tc.effective_warmup_epochs:
+        log(notice)
 
     if env.is_main:
         if overwrite:
@@ -488,18 +540,13 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
             out_t = ddp_model(batch)
             mask = batch.train_mask if info.level == 'node' else None
             loss = compute_loss(info.task, out_t, batch.y, mask)
-            loss_value = loss.item()
-            if not _all_finite(loss_value, env):
-                diverged = {'epoch': epoch + 1, 'batch': step + 1, 'reason': 'loss is not finite'}
-                break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            # the total norm (clipped to grad_clip, if set; max_norm=inf scales by exactly 1)
-            norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), tc.grad_clip if tc.grad_clip is not None else math.inf)
-            if not math.isfinite(float(norm)):  # same on every rank: gradients are all-reduced
+            loss_ok, norm_ok, loss_value = _check_step(model, loss, tc.grad_clip)
+            if not (loss_ok and norm_ok):  # the same on every rank: the step is not applied
                 diverged = {'epoch': epoch + 1, 'batch': step + 1,
-                            'reason': 'gradient norm is not finite'}
+                            'reason': 'loss is not finite' if not loss_ok
+                            else 'gradient norm is not finite'}
                 break
             optimizer.step()
             n = batch.num_graphs if info.level == 'graph' else 1
@@ -536,7 +583,7 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
                 'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
                 'scheduler': scheduler.state_dict(), 'rng': rng, 'epoch': epoch + 1,
                 'best_epoch': best_epoch, 'best_val': best_val, 'rows': rows,
-                f'val_{metric}': val, 'config': cfg_dict}
+                f'val_{metric}': val, 'config': cfg_dict, 'warmup_epochs_used': warmup}
             if improved:  # resumable too: the way out when last.pt is damaged
                 save_checkpoint(ckpt_dir / 'best.pt', state)
             save_checkpoint(last, state)
@@ -564,6 +611,9 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / 'results.json',
                           json.dumps(results, indent=2, allow_nan=False) + '\n')
+    # under torchrun no rank may return (or raise and exit, so that the agent stops the others)
+    # before rank 0 has written results.json
+    D.barrier()
     if diverged:
         kept = (f'checkpoints/last.pt holds epoch {len(rows)}' if rows
                 else 'no epoch finished, so there is no checkpoint')
