@@ -182,8 +182,22 @@ def _cmd_bench(args) -> int:
 _USER_ERRORS: tuple[type[BaseException], ...] = (UsageError, ValueError, OSError)
 
 
+def passive_openmp_waits() -> None:
+    """``OMP_WAIT_POLICY=PASSIVE`` unless the user set it, before torch loads its OpenMP runtime.
+
+    With the default (active) policy, an OpenMP thread spins between parallel regions; when
+    another process holds a core (a data loader, a second run, a shared node), the spinning
+    threads fight it and a training step of these small models became 15-20x slower on a busy
+    2-core machine (measured with ``benchmarks/train_bench.py --threads 2`` under load: gtpe 514
+    -> 28 ms/step, PyG's GPSConv 641 -> 49 ms/step).  A no-op once torch is imported (the
+    runtime reads the variable when it starts), so :func:`main` calls it first."""
+    if 'torch' not in sys.modules:
+        os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gtpe`` console script; returns the exit status."""
+    passive_openmp_waits()
     debug = os.environ.get('GTPE_DEBUG', '') not in ('', '0')
     try:
         parser = _build_parser()

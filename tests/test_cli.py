@@ -176,3 +176,23 @@ def test_quiet_hides_every_progress_bar(capsys, tmp_path, monkeypatch, quiet):
     code, _, err = run_main(capsys, 'precompute', path, *(['--quiet'] if quiet else []))
     assert code == 0
     assert ('precompute' in err) is not quiet, err
+
+
+@pytest.mark.parametrize('preset', [None, 'ACTIVE'])
+def test_gtpe_command_makes_openmp_waits_passive_unless_set(preset):
+    """The console script sets OMP_WAIT_POLICY=PASSIVE before torch starts its OpenMP runtime
+    (spinning threads collapsed training on a busy machine); a user's own setting is kept."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != 'OMP_WAIT_POLICY'}
+    if preset:
+        env['OMP_WAIT_POLICY'] = preset
+    code = ("import os, sys\n"
+            "from gtpe.cli import main\n"
+            "assert 'torch' not in sys.modules\n"
+            "main(['datasets'])\n"
+            "import torch\n"
+            "print('policy=' + os.environ['OMP_WAIT_POLICY'])\n")
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip().splitlines()[-1] == f"policy={preset or 'PASSIVE'}"
