@@ -244,7 +244,15 @@ def test_load_splits_limit_keeps_the_first_graphs(script: str, metric: str, data
 
     module = _load(script)
     full = load_dataset(dataset, progress=False)
-    limited = module.load_splits(dataset, module.TRANSFORMS, 3)
+    encoded = []                       # only the kept graphs are encoded (README: --limit)
+    real = module.gtpe.precompute
+    module.gtpe.precompute = lambda graphs, *a, **k: encoded.append(len(graphs)) or real(
+        graphs, *a, **k)
+    try:
+        limited = module.load_splits(dataset, module.TRANSFORMS, 3)
+    finally:
+        module.gtpe.precompute = real
+    assert encoded and max(encoded) <= 9, encoded
     probe = module.TRANSFORMS[0](full['train'][0].clone())
     pe_keys = set(probe.keys()) - set(full['train'][0].keys())
     assert pe_keys, script
