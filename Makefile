@@ -18,7 +18,7 @@ ifeq ($(origin GTPE_DATA_ROOT), undefined)
   export GTPE_DATA_ROOT := $(abspath datasets)
 endif
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test lint bench gpu-check clean
 
 venv: $(VENV)/.installed
 
@@ -45,6 +45,11 @@ bench: venv
 	$(PY) benchmarks/pe_bench.py
 	$(PY) benchmarks/train_bench.py
 	$(PY) benchmarks/scatter_bench.py
+
+# Every CUDA test + PE precompute and training speed vs PyG on the GPU, one table, < 8 min;
+# without CUDA it says so and exits 0.
+gpu-check: venv
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf runs .pytest_cache
