@@ -23,20 +23,6 @@ def is_batch(data) -> bool:
     return isinstance(data, Batch) and getattr(data, '_slice_dict', None) is not None
 
 
-def graph_ptr(data) -> Tensor:
-    """``ptr [B+1]`` (CPU long) of the graphs in ``data`` (``[0, N]`` for a single Data)."""
-    N = int(data.num_nodes or 0)
-    if isinstance(data, Batch):
-        ptr = getattr(data, 'ptr', None)
-        if ptr is not None:
-            return ptr.detach().to('cpu', torch.long)
-        b = getattr(data, 'batch', None)
-        if b is not None:
-            counts = torch.bincount(b.cpu(), minlength=data.num_graphs)
-            return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    return torch.tensor([0, N], dtype=torch.long)
-
-
 @contextlib.contextmanager
 def single_thread(active: bool = True):
     """Run the enclosed (many tiny) CPU ops on one intra-op thread, restoring the previous
@@ -85,14 +71,15 @@ def edge_weight_of(data, num_edges: int, device, owner: str = 'transform') -> Te
 
 
 def get_edges(data, owner: str = 'transform', weights: bool = True
-              ) -> tuple[Tensor, Tensor | None]:
-    """``(edge_index [2, E] long, edge_weight float64 or None)`` of ``data`` after
+              ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """``(edge_index [2, E] long, edge_weight float64 or None, ptr [B+1] CPU long)`` of ``data``
+    after
     :func:`gtpe.transforms._validate.check_edge_index` (integer ids in ``[0, N)``, no edge
     between two graphs of a Batch); errors name ``owner``.  ``weights=False`` neither reads
     nor checks ``edge_weight``."""
     ptr = batch_ptr(data, owner)
     ei = check_edge_index(data, owner, ptr)
-    return ei, edge_weight_of(data, ei.size(1), ei.device, owner) if weights else None
+    return ei, edge_weight_of(data, ei.size(1), ei.device, owner) if weights else None, ptr
 
 
 def node_graph(ptr: Tensor, device) -> Tensor:
@@ -241,7 +228,7 @@ def set_attr(data, key: str, value: Tensor, counts: Tensor | None = None,
     data[key] = value
     if not is_batch(data):
         return
-    ptr = graph_ptr(data)
+    ptr = batch_ptr(data, 'transform')
     if counts is None:
         counts = ptr[1:] - ptr[:-1]
     counts = counts.to('cpu', torch.long)

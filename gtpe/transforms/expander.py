@@ -196,9 +196,8 @@ class AddExpanderEdges(BaseTransform):
     # ------------------------------------------------------------------ forward
     def forward(self, data):
         d = self.degree
-        ei, _ = sp.get_edges(data, 'AddExpanderEdges', weights=False)
+        ei, _, ptr = sp.get_edges(data, 'AddExpanderEdges', weights=False)
         device = ei.device
-        ptr = sp.graph_ptr(data)
         G = ptr.numel() - 1
         sizes = ptr[1:] - ptr[:-1]
         nb = sp.node_graph(ptr, device)

@@ -353,8 +353,8 @@ def split_batch(batch: Batch, originals: Sequence[Data],
     G = len(originals)
     ptr = batch.ptr.cpu() if getattr(batch, 'ptr', None) is not None else None
     if ptr is None:
-        from gtpe.transforms._sparse import graph_ptr
-        ptr = graph_ptr(batch)
+        from gtpe.transforms._validate import batch_ptr
+        ptr = batch_ptr(batch, 'precompute')
     node_counts = (ptr[1:] - ptr[:-1]).tolist()
     N = int(ptr[-1])
     original_values = original_values or {}

@@ -116,9 +116,8 @@ class AddRRWP(BaseTransform):
 
     def forward(self, data):
         K = self.walk_length
-        ei, w = sp.get_edges(data, 'AddRRWP')
+        ei, w, ptr = sp.get_edges(data, 'AddRRWP')
         device = ei.device
-        ptr = sp.graph_ptr(data)
         N = int(ptr[-1])
         G = ptr.numel() - 1
         sizes = ptr[1:] - ptr[:-1]

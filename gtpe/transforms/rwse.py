@@ -253,9 +253,8 @@ class AddRWSE(BaseTransform):
 
     def forward(self, data):
         K = self.walk_length
-        ei, w = sp.get_edges(data, 'AddRWSE')
+        ei, w, ptr = sp.get_edges(data, 'AddRWSE')
         device = ei.device
-        ptr = sp.graph_ptr(data)
         N = int(ptr[-1])
         sizes = ptr[1:] - ptr[:-1]
         out = torch.zeros(N, K, dtype=torch.float64, device=device)
