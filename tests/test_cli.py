@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from gtpe.cli import main
 from gtpe.datasets import list_datasets
+from cli_utils import run_main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -38,12 +38,6 @@ def tiny(tmp_path):
     path = tmp_path / 'tiny.yaml'
     path.write_text(yaml.safe_dump(TINY))
     return path
-
-
-def run_main(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(code, err, *fragments):

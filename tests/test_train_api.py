@@ -9,9 +9,9 @@ import torch
 import yaml
 
 import gtpe
-from gtpe.cli import main
 from gtpe.train import load_config, train
 from test_readme import code_block
+from cli_utils import one_line, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = {
@@ -36,19 +36,6 @@ def tiny(tmp_path):
     path = tmp_path / 'tiny.yaml'
     path.write_text(yaml.safe_dump(TINY))
     return path
-
-
-def run_main(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('gtpe: error: '), err
-    assert 'Traceback' not in err and 'internal error' not in err
-    return lines[0]
 
 
 def test_readme_python_api_block(tmp_path, monkeypatch, capsys):

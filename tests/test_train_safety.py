@@ -12,10 +12,10 @@ import yaml
 
 import gtpe.datasets.metrics
 import gtpe.train.loop as loop
-from gtpe.cli import main
 from gtpe.train.checkpoint import CheckpointError, load_checkpoint
 from gtpe.train.config import load_config
 from gtpe.train.loop import TrainingDiverged, score, train
+from cli_utils import one_line, run_main
 
 TINY = {
     'dataset': {'name': 'zinc', 'limit': 64},
@@ -50,19 +50,6 @@ def strict_json(path):
 def rows(path):
     with open(path) as f:
         return list(csv.DictReader(f))
-
-
-def run_main(capsys, *argv):
-    code = main([str(a) for a in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line(err):
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith('gtpe: error: '), err
-    assert 'Traceback' not in err and 'internal error' not in err
-    return lines[0]
 
 
 # --- divergence -------------------------------------------------------------------------------
