@@ -190,14 +190,14 @@ def test_value_types_are_distinguished_and_canonical():
     (lambda: torch.eye(2).to_sparse(), 'sparse'),
 ])
 def test_unfingerprintable_state(make, what):
-    reason = pc._fingerprint_problem(Scale(make()))
+    reason = pc.fingerprint_problem(Scale(make()))
     assert reason is not None and what in reason and 'factor' in reason
     assert fp(Scale(make())) is None
 
 
 def test_open_file_is_unfingerprintable(tmp_path):
     with open(tmp_path / 'f.txt', 'w') as f:
-        assert 'TextIOWrapper' in pc._fingerprint_problem(Scale(f))
+        assert 'TextIOWrapper' in pc.fingerprint_problem(Scale(f))
 
 
 def test_lambda_is_computed_without_cache_and_warned_once(tmp_path):
