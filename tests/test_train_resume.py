@@ -46,12 +46,14 @@ def _rows(path):
         rows = list(csv.DictReader(f))
     for r in rows:
         r.pop('seconds')
+        r.pop('train_seconds')
     return rows
 
 
 def _results(path):
     res = json.loads(path.read_text())
     res.pop('seconds')
+    res.pop('cost')
     return res
 
 

@@ -142,13 +142,15 @@ def _load_base(name: str, root: Path, progress: bool = True) -> tuple[dict, str]
 
 
 def _apply_pre_transform(name: str, level: str, datasets: dict, pre_transform, root: Path,
-                         status: str, progress: bool = True) -> dict:
+                         status: str, progress: bool = True,
+                         stats: dict[str, Any] | None = None) -> dict:
     from gtpe.transforms.precompute import precompute
 
     keys = ('graph',) if level == 'node' else SPLITS
     parts = [datasets['train']] if level == 'node' else [datasets[s] for s in SPLITS]
     graphs = [ds.get(i) for ds in parts for i in range(len(ds))]
-    out = precompute(graphs, pre_transform, cache_dir=str(root / name / 'pe'), progress=progress)
+    out = precompute(graphs, pre_transform, cache_dir=str(root / name / 'pe'), progress=progress,
+                     stats=stats)
     result, start = {}, 0
     for key, ds in zip(keys, parts):
         result[key] = GraphDataset.from_list(out[start:start + len(ds)], name, ds.split,
@@ -161,8 +163,8 @@ def _apply_pre_transform(name: str, level: str, datasets: dict, pre_transform, r
 
 def load_dataset(name: str, root: str | os.PathLike | None = None,
                  pre_transform: Callable | Sequence[Callable] | None = None,
-                 transform: Callable | None = None, *,
-                 progress: bool = True) -> dict[str, GraphDataset]:
+                 transform: Callable | None = None, *, progress: bool = True,
+                 precompute_stats: dict[str, Any] | None = None) -> dict[str, GraphDataset]:
     """Load ``name`` as ``{'train', 'val', 'test'}`` PyG datasets.
 
     Sources: the offline mirror in ``$GTPE_MIRROR`` when set (files checked against their sha256),
@@ -175,6 +177,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
 
     ``pre_transform`` (a transform, a list of them or a ``Compose``) runs once over all graphs via
     ``gtpe.precompute(..., cache_dir=<root>/<name>/pe)``; ``transform`` runs on every access.
+    ``precompute_stats`` (a dict), when given with a ``pre_transform``, is filled with that
+    precompute's cost over all the dataset's graphs (its ``stats``: ``seconds``, ``bytes``,
+    ``num_graphs``, ``cached``).
 
     Progress goes to stderr: a build starts with one line (``gtpe: building <name> from <source>
     into <folder> (first time only, ...)``), then counted work shows a bar (plain lines in a log)
@@ -198,7 +203,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
         pre_transform = None
     if pre_transform is not None:
         datasets = _apply_pre_transform(info.name, info.level, datasets, pre_transform, root,
-                                        status, progress)
+                                        status, progress, precompute_stats)
     for ds in {id(d): d for d in datasets.values()}.values():
         ds.transform = transform
     return datasets

@@ -3,13 +3,16 @@
 Outputs in ``out_dir`` (rank 0 only):
 
 - ``config.yaml``: the resolved experiment config;
-- ``metrics.csv``: one row per epoch: ``epoch, train_loss, val_<metric>, test_<metric>, lr, seconds``;
+- ``metrics.csv``: one row per epoch: ``epoch, train_loss, val_<metric>, test_<metric>, lr,
+  seconds, train_seconds`` (``seconds``: the whole epoch, training and evaluation;
+  ``train_seconds``: its training batches only; empty for the epochs of a resumed run that a
+  gtpe without that column ran);
 - ``checkpoints/last.pt`` (every epoch) and ``checkpoints/best.pt`` (best validation metric),
   both written atomically. Each holds model, optimizer, scheduler, the RNG states of
   python/numpy/torch (every rank), the epoch, the best so far, the metric rows and the warmup
   epochs the lr schedule uses (``warmup_epochs_used``), so ``resume=True`` after a kill
   continues exactly: same epochs and same values as a run that was never interrupted (the
-  ``seconds`` column aside). Copying ``best.pt`` over ``last.pt`` resumes from the best epoch
+  ``seconds`` columns aside). Copying ``best.pt`` over ``last.pt`` resumes from the best epoch
   instead (the way out when ``last.pt`` is damaged). A resumed run keeps the warmup it started
   with, also when that differs from today's ``TrainConfig.effective_warmup_epochs`` (a run
   started by gtpe 0.1, which did not cap the warmup: its checkpoints do not record it, so it is
@@ -17,7 +20,22 @@ Outputs in ``out_dir`` (rank 0 only):
 - ``results.json`` (always valid JSON: a NaN is written as ``null``): ``status``
   (``'completed'`` or ``'diverged'``), best validation metric, test metric at the best
   validation epoch (``null`` when no epoch had a finite validation metric: a NaN is never
-  "best"), epochs, number of parameters, seconds and the config.
+  "best"), epochs, number of parameters, seconds, the config and ``cost``, what the run
+  measured (:mod:`gtpe.train.cost`; also in a diverged run):
+
+  - ``precompute_seconds``: wall seconds the PE transforms took over the dataset (all splits)
+    when they were computed; when they come from the precompute cache, the seconds stored with
+    it (the same number for every run that shares those encodings); ``0.0`` without transforms;
+    ``null`` for a cache entry written before gtpe stored it;
+  - ``pe_bytes_per_graph``: bytes (``numel * element_size``) of the tensors the transforms
+    added or changed, divided by the number of graphs; ``0.0`` without transforms;
+  - ``seconds_per_epoch`` / ``train_seconds_per_epoch``: median of ``metrics.csv``'s
+    ``seconds`` / ``train_seconds`` (``null`` without a finished epoch);
+  - ``peak_memory_bytes`` and ``peak_memory_kind``: ``'rss'``, the peak resident memory of the
+    process since :func:`train` started (Linux: its high-water mark is reset at the start; where
+    that fails, the peak since the process started), or ``'cuda'``,
+    ``torch.cuda.max_memory_allocated`` since the start; under DDP rank 0's own;
+  - ``threads``: ``torch.get_num_threads()``.
 
 Divergence policy: a training step whose loss (on any rank) or gradient norm is not finite is
 not applied; the run stops there (also when, after an epoch, the weights or the val/test
@@ -62,6 +80,7 @@ from torch import Tensor
 
 from gtpe._atomic import remove_stale_temporaries
 from gtpe._progress import progress_bar
+from gtpe.train import cost
 from gtpe.train import distributed as D
 from gtpe.train._dataclass_io import ConfigError
 from gtpe.train.checkpoint import (
@@ -140,22 +159,32 @@ def compute_loss(task: str, out: Tensor, y: Tensor, mask: Tensor | None = None) 
     raise ValueError(f'unknown task {task!r}')
 
 
-def load_data(config: ExperimentConfig, progress: bool = True) -> tuple[Any, dict]:
+def load_data(config: ExperimentConfig, progress: bool = True,
+              stats: dict[str, Any] | None = None) -> tuple[Any, dict]:
     """``(DatasetInfo, {'train','val','test'})`` with the model's PE transforms precomputed.
 
     Without ``dataset.limit`` the transforms go to :func:`gtpe.datasets.load_dataset` as
     ``pre_transform`` (cached there). With a limit (graph-level datasets) only the first ``limit``
     graphs of each split are kept and the transforms are computed for them alone with
     :func:`gtpe.precompute` (cached under ``<root>/<name>/pe``).
+
+    ``stats`` (a dict), when given, is filled with :func:`gtpe.precompute`'s ``stats`` summed
+    over the splits: ``seconds`` (``None`` if unknown for a split), ``bytes``, ``num_graphs``
+    and ``cached`` (every split from the cache); without transforms ``seconds: 0.0, bytes: 0,
+    num_graphs: 0, cached: False``.
     """
     from gtpe.datasets import dataset_info, load_dataset
 
     dc = config.dataset
     info = dataset_info(dc.name)
     transforms = list(config.model.transforms())
+    parts: list[dict[str, Any]] = []
     if dc.limit is None or info.level == 'node':
+        if transforms:
+            parts.append({})
         splits = load_dataset(dc.name, root=dc.root, pre_transform=transforms or None,
-                              progress=progress)
+                              progress=progress, precompute_stats=parts[0] if parts else None)
+        _sum_stats(stats, parts)
         return info, dict(splits)
 
     splits = load_dataset(dc.name, root=dc.root, progress=progress)
@@ -167,10 +196,24 @@ def load_data(config: ExperimentConfig, progress: bool = True) -> tuple[Any, dic
             from gtpe.datasets import data_root
             from gtpe.transforms import precompute
             cache = data_root(dc.root) / dc.name / 'pe'
-            subset = precompute(subset, transforms, cache_dir=cache, progress=progress)
+            parts.append({})
+            subset = precompute(subset, transforms, cache_dir=cache, progress=progress,
+                                stats=parts[-1])
         out[key] = subset
         _check_metric_defined(info, key, subset, dc.limit)
+    _sum_stats(stats, parts)
     return info, out
+
+
+def _sum_stats(stats: dict[str, Any] | None, parts: list[dict[str, Any]]) -> None:
+    """``stats`` updated with the sum of the precompute ``parts`` (see :func:`load_data`)."""
+    if stats is None:
+        return
+    seconds = [p.get('seconds') for p in parts]
+    stats.update(seconds=None if None in seconds else float(sum(seconds)),
+                 bytes=sum(p.get('bytes', 0) for p in parts),
+                 num_graphs=sum(p.get('num_graphs', 0) for p in parts),
+                 cached=bool(parts) and all(p.get('cached') for p in parts))
 
 
 def _check_metric_defined(info: Any, split: str, graphs: list, limit: int) -> None:
@@ -343,9 +386,12 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
 
 
 def _write_metrics_csv(path: Path, rows: list[dict]) -> None:
+    """The rows as CSV; a column that some rows lack (``train_seconds`` in the rows of a
+    checkpoint written by an older gtpe) is an empty cell there."""
     buf = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator='\n')
+        fields = list(dict.fromkeys(k for row in rows for k in row))
+        writer = csv.DictWriter(buf, fieldnames=fields, restval='', lineterminator='\n')
         writer.writeheader()
         for row in rows:
             writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
@@ -435,8 +481,10 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
     tc = config.train
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    cost.reset_peak_memory(env.device)
     seed_everything(tc.seed)
-    info, splits = load_data(config, progress=progress)
+    pe_stats: dict[str, Any] = {}
+    info, splits = load_data(config, progress=progress, stats=pe_stats)
 
     model = build_model(config, info).to(env.device)
     num_params = sum(p.numel() for p in model.parameters())
@@ -553,6 +601,9 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
             total += loss_value * n
             count += n
             bar.set_postfix_str(f'loss {total / max(count, 1):.4f}', refresh=False)
+        if env.device.type == 'cuda':
+            torch.cuda.synchronize(env.device)
+        train_seconds = time.perf_counter() - t0
         if diverged is not None:
             bar.set_postfix_str(f"stopped at batch {diverged['batch']}: {diverged['reason']}",
                                 refresh=False)
@@ -576,7 +627,8 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
             best_epoch, best_val = epoch + 1, val
         rows.append({'epoch': epoch + 1, 'train_loss': float(train_loss), f'val_{metric}': val,
                      f'test_{metric}': test, 'lr': float(lr),
-                     'seconds': round(time.perf_counter() - t0, 3)})
+                     'seconds': round(time.perf_counter() - t0, 3),
+                     'train_seconds': round(train_seconds, 3)})
         rng = D.all_gather_objects(get_rng_state())
         if env.is_main:
             state = {
@@ -603,6 +655,7 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
         'epochs': len(rows), 'num_params': num_params,
         'seconds': round(sum(r['seconds'] for r in rows), 3), 'world_size': env.world_size,
         'device': str(env.device),
+        'cost': cost.run_cost(rows, pe_stats, env.device, cost.peak_memory_bytes(env.device)),
     }
     if diverged:
         results['diverged'] = diverged

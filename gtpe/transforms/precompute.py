@@ -26,6 +26,7 @@ import hashlib
 import io
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -354,8 +355,31 @@ def _compute(data_list: list[Data], transforms: list[Callable], batch_size: int,
     return out
 
 
+def _added_bytes(data_list: Sequence[Data], outputs: Sequence[Data]) -> int:
+    """Bytes (``numel * element_size``) of the tensors in ``outputs`` that the transforms added
+    or changed, i.e. that are not the very tensor object of the input graph, over all graphs."""
+    total = 0
+    for src, out in zip(data_list, outputs):
+        before = src._store._mapping
+        for k, v in out._store._mapping.items():
+            if isinstance(v, Tensor) and before.get(k) is not v:
+                total += v.numel() * v.element_size()
+    return total
+
+
+def _stored_cost(payload: dict[str, Any]) -> tuple[float | None, int | None]:
+    """``(seconds, bytes)`` kept with a cache entry; ``None`` for an entry written without them."""
+    cost = payload.get('cost')
+    if not isinstance(cost, dict):
+        return None, None
+    seconds, nbytes = cost.get('seconds'), cost.get('bytes')
+    return (float(seconds) if isinstance(seconds, (int, float)) else None,
+            int(nbytes) if isinstance(nbytes, int) else None)
+
+
 # ----------------------------------------------------------------------------- cache
-def _pack(data_list: list[Data], outputs: list[Data], key: str) -> dict[str, Any]:
+def _pack(data_list: list[Data], outputs: list[Data], key: str,
+          cost: dict[str, Any] | None = None) -> dict[str, Any]:
     attrs: dict[str, Any] = {}
     G = len(outputs)
     keys = sorted({k for d in outputs for k in d.keys()})
@@ -381,7 +405,10 @@ def _pack(data_list: list[Data], outputs: list[Data], key: str) -> dict[str, Any
             attrs[k] = {'kind': 'list', 'value': [v.cpu() for v in vals]}
         else:
             attrs[k] = {'kind': 'list', 'value': vals}
-    return {'key': key, 'num_graphs': G, 'attrs': attrs}
+    payload: dict[str, Any] = {'key': key, 'num_graphs': G, 'attrs': attrs}
+    if cost is not None:
+        payload['cost'] = cost
+    return payload
 
 
 def _unpack(payload: dict[str, Any], data_list: list[Data], key: str) -> list[Data]:
@@ -477,10 +504,16 @@ def _check_consistent_keys(data_list: list[Data], transforms: list[Callable]) ->
                              f"from all of them")
 
 
+def _fill_stats(stats: dict[str, Any] | None, seconds: float | None, nbytes: int,
+                num_graphs: int, cached: bool) -> None:
+    if stats is not None:
+        stats.update(seconds=seconds, bytes=nbytes, num_graphs=num_graphs, cached=cached)
+
+
 def precompute(data_list: Sequence[Data],
                transforms: Callable | Sequence[Callable] | Compose | None,
                batch_size: int = 2048, cache_dir: str | os.PathLike | None = None,
-               progress: bool = True) -> list[Data]:
+               progress: bool = True, stats: dict[str, Any] | None = None) -> list[Data]:
     r"""Apply ``transforms`` to every graph of ``data_list``, many graphs at once.
 
     Args:
@@ -494,6 +527,13 @@ def precompute(data_list: Sequence[Data],
         progress: show progress on stderr (:func:`gtpe._progress.progress_bar`: a tqdm bar on
             a terminal, a plain line at least every ``$GTPE_PROGRESS_INTERVAL`` s, default 10,
             in a log).
+        stats: a dict that, when given, is updated with the cost of the encodings:
+            ``seconds`` (wall time the transforms took), ``bytes`` (``numel * element_size`` of
+            every tensor attribute the transforms added or changed, summed over the graphs),
+            ``num_graphs`` and ``cached``.  On a cache hit (``cached: True``) ``seconds`` and
+            ``bytes`` are the numbers stored with the entry when it was computed, not the time
+            the load took; an entry written without them (by an older gtpe) gives
+            ``seconds: None`` and ``bytes`` counted from the loaded result.
 
     Returns:
         ``list[Data]``: new Data objects with the inputs' attributes plus the encodings, equal
@@ -536,13 +576,14 @@ def precompute(data_list: Sequence[Data],
     the key: after editing a transform's code (not its parameters) delete the folder.
 
     **Entries.**  A file holds a header line, the sha256 of the payload and the payload
-    (``torch.save`` of plain tensors, loaded with ``weights_only=True``); it is written to a
-    temporary ``.gtpe-pe-<...>.tmp`` in the same folder, fsynced and moved into place with
-    :func:`os.replace`; gtpe's own temporaries older than an hour (left by killed writers) are
-    removed, no other file.  An entry whose header, checksum or contents do not verify is
-    ignored (one warning), recomputed and rewritten.  If the entry cannot be written (a
-    read-only or invalid ``cache_dir``, a full disk) a warning says so and the computed result
-    is returned.
+    (``torch.save`` of plain tensors, loaded with ``weights_only=True``; it also keeps the
+    ``seconds``, ``bytes`` and ``num_graphs`` of the computation, see ``stats``); it is
+    written to a temporary ``.gtpe-pe-<...>.tmp`` in the same folder, fsynced and moved into
+    place with :func:`os.replace`; gtpe's own temporaries older than an hour (left by killed
+    writers) are removed, no other file.  An entry whose header, checksum or contents do not
+    verify is ignored (one warning), recomputed and rewritten.  If the entry cannot be written
+    (a read-only or invalid ``cache_dir``, a full disk) a warning says so and the computed
+    result is returned.
     """
     batch_size = check_int(batch_size, 'batch_size', 'precompute')
     data_list = [d for d in data_list]
@@ -566,16 +607,27 @@ def precompute(data_list: Sequence[Data],
                 payload = _read_entry(path)
                 if payload is not None:
                     try:
-                        return _unpack(payload, data_list, key)
+                        outputs = _unpack(payload, data_list, key)
                     except Exception:
                         pass
+                    else:
+                        seconds, nbytes = _stored_cost(payload)
+                        if nbytes is None:
+                            nbytes = _added_bytes(data_list, outputs)
+                        _fill_stats(stats, seconds, nbytes, len(data_list), True)
+                        return outputs
                 warnings.warn(f"precompute: cache entry {path} is unreadable or corrupt; "
                               f"recomputing it", stacklevel=2)
+    start = time.perf_counter()
     outputs = _compute(data_list, tlist, batch_size, progress)
+    seconds = time.perf_counter() - start
+    nbytes = _added_bytes(data_list, outputs)
+    _fill_stats(stats, seconds, nbytes, len(data_list), False)
     if path is not None:
+        cost = {'seconds': seconds, 'bytes': nbytes, 'num_graphs': len(data_list)}
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            _write_entry(path, _pack(data_list, outputs, key))
+            _write_entry(path, _pack(data_list, outputs, key, cost))
         except OSError as e:
             warnings.warn(f"precompute: could not write the cache entry {path} ({e}); "
                           f"returning the computed result without caching it", stacklevel=2)
