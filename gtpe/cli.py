@@ -9,11 +9,17 @@
     gtpe evaluate DIR [--split test] [--checkpoint best|last] [--json]
                                                    metric of a trained run on a split
     gtpe precompute CONFIG [--set key=value ...]   fill the PE cache of CONFIG's dataset
-    gtpe bench GRID --out DIR [--set key=value ...] run a grid of configs, tabulate and plot
+    gtpe bench GRID --out DIR [--set key=value ...] [--seeds S ...] [--budget-params N]
+               [--workers N] [--threads T] [--shard i/n] [--overwrite] [--quiet]
+                                                   run a grid of configs (cells x seeds), report
+    gtpe report DIR [DIR ...] [--out DIR] [--no-figures]
+                                                   report of bench folders (e.g. merged shards)
+    gtpe plot RUN_DIR                              learning curves of one run (curves.png/.svg)
 
 Bad input (unknown config key, missing file, unknown dataset, unreadable mirror file, corrupt
 checkpoint, ...) prints one line ``gtpe: error: ...`` on stderr and exits with status 2; a
-training run that diverged (non-finite loss) prints one line and exits with status 3;
+training run that diverged (non-finite loss) prints one line and exits with status 3; ``gtpe
+bench`` exits with status 1 when some runs failed (the others finished and were reported);
 ``GTPE_DEBUG=1`` shows the traceback. Multi-process training: ``torchrun --nproc_per_node=N -m gtpe.cli train ...``.
 """
 from __future__ import annotations
@@ -36,11 +42,14 @@ _EXAMPLES = '''examples:
   gtpe train configs/zinc/gps+rwse.yaml --out runs/demo --resume
   gtpe evaluate runs/demo --split test --json
   gtpe precompute configs/zinc/gps+lappe.yaml
-  gtpe bench configs/bench/zinc_pe.yaml --out runs/bench/zinc_pe
+  gtpe bench configs/bench/zinc_pe.yaml --out runs/bench/zinc_pe --workers 2
+  gtpe bench configs/bench/zinc_pe_models.yaml --out runs/bench/models --shard 1/2
+  gtpe report runs/bench/models-a runs/bench/models-b --out runs/bench/models
+  gtpe plot runs/bench/zinc_pe/runs/pe-none_attn-full/seed-0
   torchrun --nproc_per_node=2 -m gtpe.cli train configs/zinc/gps+rwse.yaml   (DDP)
 
-bad input prints one line "gtpe: error: ..." (exit status 2; 3: the training run diverged);
-GTPE_DEBUG=1 shows tracebacks.'''
+bad input prints one line "gtpe: error: ..." (exit status 2; 3: the training run diverged;
+1: some bench runs failed); GTPE_DEBUG=1 shows tracebacks.'''
 
 
 class UsageError(Exception):
@@ -103,11 +112,32 @@ def _build_parser() -> argparse.ArgumentParser:
     add_set(s)
     s.add_argument('--quiet', action='store_true', help='no progress bars')
 
-    s = sub.add_parser('bench', help='run a grid of experiments; write results.csv/.md/.svg')
+    s = sub.add_parser('bench', help='run a grid of experiments (cells x seeds); write a report')
     s.add_argument('grid', help='grid YAML (configs/bench/*.yaml)')
     s.add_argument('--out', required=True, help='output folder')
     add_set(s)
+    s.add_argument('--seeds', nargs='+', metavar='S',
+                   help="seeds of every cell, e.g. '0 1 2' or '0,1,2' (default: the grid's "
+                        "seeds, else the config's train.seed)")
+    s.add_argument('--budget-params', type=int, metavar='N',
+                   help='per cell, the widest model.channels with at most N parameters')
+    s.add_argument('--workers', type=int, default=1, metavar='N',
+                   help='runs at a time (default 1: in this process); N > 1: each run in its '
+                        'own process with --threads torch threads (default: cores // N)')
+    s.add_argument('--shard', metavar='i/n',
+                   help='run only shard i of n (runs in grid order, round robin); shards may '
+                        'share --out')
+    s.add_argument('--overwrite', action='store_true',
+                   help="discard and rerun this grid's (shard's) runs in --out")
     s.add_argument('--quiet', action='store_true', help='no progress bars')
+
+    s = sub.add_parser('report', help='tables, statistics and figures of bench output folders')
+    s.add_argument('dirs', nargs='+', metavar='DIR', help='`gtpe bench --out` folders (shards)')
+    s.add_argument('--out', help='where to write the report (default: the first DIR)')
+    s.add_argument('--no-figures', action='store_true', help='no figures (faster)')
+
+    s = sub.add_parser('plot', help='learning curves of one training run')
+    s.add_argument('run', metavar='RUN_DIR', help='a `gtpe train --out` folder (or a bench run)')
     return p
 
 
@@ -173,9 +203,49 @@ def _cmd_precompute(args) -> int:
     return 0
 
 
+def _parse_seeds(values: list[str] | None) -> list[int] | None:
+    """``['0', '1,2']`` -> ``[0, 1, 2]`` (``--seeds 0 1 2`` or ``--seeds 0,1,2``)."""
+    if values is None:
+        return None
+    seeds = []
+    for text in (t for v in values for t in v.split(',')):
+        try:
+            seeds.append(int(text.strip()))
+        except ValueError:
+            raise UsageError(f'--seeds: expected integers, got {text.strip()!r}') from None
+    return seeds
+
+
 def _cmd_bench(args) -> int:
-    from gtpe.train.bench import run_bench
-    run_bench(args.grid, args.out, overrides=args.overrides, progress=not args.quiet)
+    from gtpe.train.bench import BenchFailed, run_bench
+    try:
+        run_bench(args.grid, args.out, overrides=args.overrides, seeds=_parse_seeds(args.seeds),
+                  workers=args.workers, threads=args.threads, shard=args.shard,
+                  overwrite=args.overwrite, budget_params=args.budget_params,
+                  progress=not args.quiet)
+    except BenchFailed as exc:
+        print(f'gtpe: error: {exc}', file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from gtpe.train import report
+    meta, rows = report.collect([Path(d) for d in args.dirs])
+    out = Path(args.out) if args.out else Path(args.dirs[0])
+    summary = report.write_report(out, meta, rows, figures=not args.no_figures)
+    print(report.format_table(meta, summary))
+    written = [out / n for n in ('results.csv', 'summary.csv', 'report.md')]
+    if not args.no_figures:
+        written += sorted((out / 'figures').glob('*.png'))
+    print('wrote ' + ', '.join(str(p) for p in written))
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    from gtpe.train.figures import plot_run
+    for path in plot_run(args.run):
+        print(path)
     return 0
 
 
@@ -212,10 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
         handler = {'datasets': _cmd_datasets, 'data': _cmd_data, 'train': _cmd_train,
                    'evaluate': _cmd_evaluate, 'precompute': _cmd_precompute,
-                   'bench': _cmd_bench}[args.command]
+                   'bench': _cmd_bench, 'report': _cmd_report, 'plot': _cmd_plot}[args.command]
         return handler(args)
     except KeyboardInterrupt:
-        print('gtpe: interrupted (a training run continues with --resume)', file=sys.stderr)
+        print('gtpe: interrupted (a training run continues with --resume, a bench when run '
+              'again)', file=sys.stderr)
         return 130
     except SystemExit:
         raise

@@ -92,17 +92,6 @@ def test_bad_input_is_one_line_and_writes_nothing(capsys, tmp_path, tiny, argv, 
     assert not out.exists()
 
 
-def test_bad_bench_grid_writes_nothing(capsys, tmp_path, tiny):
-    grid = tmp_path / 'grid.yaml'
-    grid.write_text(f'base: {tiny.name}\ngrid:\n  model.attn: [full, fancy]\n')
-    code, _, err = run_main(capsys, 'bench', grid, '--out', tmp_path / 'out')
-    assert_one_line_error(code, err, 'model.attn=fancy', 'model.attn must be one of')
-    assert not (tmp_path / 'out').exists()
-    grid.write_text(f'base: {tiny.name}\ngird: {{}}\n')
-    code, _, err = run_main(capsys, 'bench', grid, '--out', tmp_path / 'out')
-    assert_one_line_error(code, err, "gird: unknown key (did you mean 'grid'?)")
-
-
 def test_unreadable_mirror_file(capsys, tmp_path, tiny, monkeypatch):
     mirror = tmp_path / 'mirror'
     shutil.copytree(Path(os.environ['GTPE_MIRROR']) / 'zinc_subset', mirror / 'zinc_subset')
