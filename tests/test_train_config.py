@@ -1,4 +1,5 @@
 """Experiment configs: YAML <-> dataclasses, errors with key paths, --set overrides, shipped files."""
+import copy
 import itertools
 import math
 from pathlib import Path
@@ -212,3 +213,26 @@ def test_non_finite_numbers_are_config_errors():
     assert error_of('train.lr=.nan') == 'train: lr must be finite and > 0, got nan'
     assert error_of('train.weight_decay=.inf').startswith('train: weight_decay must be finite')
     assert error_of('train.grad_clip=.inf').startswith('train: grad_clip must be finite')
+
+
+def test_experiment_hash_ignores_seed_and_machine_keys_only():
+    from gtpe.train.config import experiment_hash
+    base = load_config(REPO / 'configs' / 'zinc' / 'gps+none.yaml').to_dict()
+
+    def changed(**paths):
+        d = copy.deepcopy(base)
+        for path, value in paths.items():
+            section, key = path.split('__')
+            d[section][key] = value
+        return experiment_hash(d)
+
+    h = experiment_hash(base)
+    assert len(h) == 16 and h == experiment_hash(copy.deepcopy(base))
+    for same in ({'train__seed': 7}, {'train__device': 'cpu'}, {'train__num_workers': 4},
+                 {'dataset__root': '/scratch/x'}):
+        assert changed(**same) == h, same
+    for other in ({'train__epochs': 3}, {'train__lr': 0.5}, {'dataset__limit': 10},
+                  {'model__channels': 8}):
+        assert changed(**other) != h, other
+    assert experiment_hash(base, ignore=()) != experiment_hash({**base, 'train': {
+        **base['train'], 'seed': base['train']['seed'] + 1}}, ignore=())

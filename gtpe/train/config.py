@@ -28,11 +28,13 @@ from gtpe.train._dataclass_io import ConfigError, from_dict, set_path, to_dict
 Overrides = Iterable[str | tuple[str, Any]] | Mapping[str, Any] | str
 
 __all__ = [
+    'MACHINE_KEYS',
     'ConfigError',
     'DatasetConfig',
     'ExperimentConfig',
     'TrainConfig',
     'apply_overrides',
+    'experiment_hash',
     'load_config',
     'parse_override',
     'read_yaml',
@@ -258,4 +260,29 @@ def config_equal_except(a: dict, b: dict, ignore: Iterable[str] = ()) -> list[st
 
     walk(a, b, '')
     return diffs
+
+
+# Config keys that do not change what a run computes, only where or how fast it runs: a bench
+# run (or shard) made with other values of these is the same experiment.
+MACHINE_KEYS = ('train.device', 'train.num_workers', 'dataset.root')
+
+
+def experiment_hash(config: dict, ignore: Iterable[str] = ('train.seed',)) -> str:
+    """sha256 (hex, 16 characters) of the plain config ``config`` without the ``ignore``d dotted
+    paths and :data:`MACHINE_KEYS`: two configs get the same hash exactly when
+    :func:`config_equal_except` finds no difference outside those paths (``gtpe bench`` uses it
+    to tell whether runs of a cell, from any seed, shard or folder, belong to one experiment)."""
+    import hashlib
+    import json
+
+    skip = set(ignore) | set(MACHINE_KEYS)
+
+    def strip(x, path):
+        if isinstance(x, dict):
+            return {str(k): strip(v, f'{path}.{k}' if path else str(k)) for k, v in x.items()
+                    if (f'{path}.{k}' if path else str(k)) not in skip}
+        return x
+
+    text = json.dumps(strip(config, ''), sort_keys=True, separators=(',', ':'), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
