@@ -45,7 +45,7 @@ _EXAMPLES = '''examples:
   gtpe bench configs/bench/zinc_pe.yaml --out runs/bench/zinc_pe --workers 2
   gtpe bench configs/bench/zinc_pe_models.yaml --out runs/bench/models --shard 1/2
   gtpe report runs/bench/models-a runs/bench/models-b --out runs/bench/models
-  gtpe plot runs/bench/zinc_pe/runs/pe-none_attn-full/seed-0
+  gtpe plot runs/bench/zinc_pe/runs/pe-none_model-gps-full/seed-0
   torchrun --nproc_per_node=2 -m gtpe.cli train configs/zinc/gps+rwse.yaml   (DDP)
 
 bad input prints one line "gtpe: error: ..." (exit status 2; 3: the training run diverged;
@@ -125,10 +125,11 @@ def _build_parser() -> argparse.ArgumentParser:
                    help='runs at a time (default 1: in this process); N > 1: each run in its '
                         'own process with --threads torch threads (default: cores // N)')
     s.add_argument('--shard', metavar='i/n',
-                   help='run only shard i of n (runs in grid order, round robin); shards may '
-                        'share --out')
+                   help='run only shard i of n (numbered from 1): the cells whose index in grid '
+                        'order is i-1 modulo n, each with all its seeds; shards may share --out')
     s.add_argument('--overwrite', action='store_true',
-                   help="discard and rerun this grid's (shard's) runs in --out")
+                   help="rerun this grid's (shard's) runs in --out; without --shard, a changed "
+                        "grid replaces the old one and its run folders")
     s.add_argument('--quiet', action='store_true', help='no progress bars')
 
     s = sub.add_parser('report', help='tables, statistics and figures of bench output folders')
@@ -230,15 +231,11 @@ def _cmd_bench(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from gtpe.train import report
-    meta, rows = report.collect([Path(d) for d in args.dirs])
+    from gtpe.train import benchdir
     out = Path(args.out) if args.out else Path(args.dirs[0])
-    summary = report.write_report(out, meta, rows, figures=not args.no_figures)
-    print(report.format_table(meta, summary))
-    written = [out / n for n in ('results.csv', 'summary.csv', 'report.md')]
-    if not args.no_figures:
-        written += sorted((out / 'figures').glob('*.png'))
-    print('wrote ' + ', '.join(str(p) for p in written))
+    figures = not args.no_figures
+    meta, rows, summary = benchdir.write_report(out, [Path(d) for d in args.dirs], figures)
+    benchdir.show_report(out, meta, rows, summary, figures, print)
     return 0
 
 
@@ -296,8 +293,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         loop = sys.modules.get('gtpe.train.loop')  # imported by `train` (not here: light start)
         if loop is not None and isinstance(exc, loop.TrainingDiverged):
+            from gtpe.train.workers import DIVERGED_EXIT
             print(f'gtpe: error: {message}', file=sys.stderr)
-            return 3
+            return DIVERGED_EXIT
         if isinstance(exc, _USER_ERRORS):
             if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
                 message = f'{exc.filename}: {message}'

@@ -1,5 +1,6 @@
 """gtpe.train.figures: bench figures (heatmap, bars, cost) and a run's learning curves, drawn
 from fake bench folders (tests/bench_fakes.py): no training."""
+import math
 import struct
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from bench_fakes import make_bench, write_run
 from gtpe.train._dataclass_io import ConfigError
 from gtpe.train.figures import (
     DPI,
+    UNKNOWN_PRECOMPUTE,
+    _num,
     cost_seconds,
     draw_bars,
     draw_bench_figures,
@@ -128,6 +131,26 @@ def test_cost_x_is_precompute_plus_epochs_times_seconds_per_epoch_log_when_sprea
     assert ax.get_xscale() == 'log'
     xs = sorted({float(line.get_xdata()[0]) for line in ax.lines})  # points and error caps
     assert xs == [3.0 + 1.5 * 2, 3.0 + 100.0 * 2]
+
+
+def test_unknown_precompute_is_marked_not_silently_zero(tmp_path):
+    meta, summary = bench(tmp_path, {('none',): [1.0, 1.2], ('lap',): [2.0, 2.2]}, axes=('pe',),
+                          seeds=(0, 1))
+    draw_bench_figures(tmp_path, meta, summary)
+    texts = svg_texts(tmp_path / 'figures' / 'cost.svg')
+    assert {'none', 'lap'} <= set(texts) and UNKNOWN_PRECOMPUTE not in texts
+    summary[1]['precompute_seconds'] = None  # runs whose PE cache entry has no cost
+    assert cost_seconds(summary[1]) == 1.5 * 2
+    draw_bench_figures(tmp_path, meta, summary)
+    texts = svg_texts(tmp_path / 'figures' / 'cost.svg')
+    assert {'none', 'lap*', UNKNOWN_PRECOMPUTE} <= set(texts)
+    assert UNKNOWN_PRECOMPUTE.startswith('* precompute time unknown')
+
+
+def test_num_takes_numbers_only():
+    assert _num(2) == 2.0 and _num(0.5) == 0.5
+    for v in (True, False, None, '1.0'):
+        assert math.isnan(_num(v))
 
 
 def test_figures_without_cost_or_runs_still_draw(tmp_path):

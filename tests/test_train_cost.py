@@ -29,7 +29,8 @@ TINY = {
     'train': {'epochs': 2, 'batch_size': 16, 'lr': 3e-3, 'scheduler': 'none', 'device': 'cpu'},
 }
 COST_KEYS = {'precompute_seconds', 'pe_bytes_per_graph', 'seconds_per_epoch',
-             'train_seconds_per_epoch', 'peak_memory_bytes', 'peak_memory_kind', 'threads'}
+             'train_seconds_per_epoch', 'peak_memory_bytes', 'peak_memory_kind', 'threads',
+             'memory_at_start_bytes'}
 
 
 @pytest.fixture(autouse=True)
@@ -85,6 +86,8 @@ def test_cost_in_results_and_train_seconds_in_metrics(tmp_path, data_root):
     assert c['pe_bytes_per_graph'] == pytest.approx(nbytes / graphs, rel=1e-12)
     assert isinstance(c['peak_memory_bytes'], int) and c['peak_memory_bytes'] > 0
     assert c['peak_memory_kind'] == 'rss' and c['threads'] == 1
+    assert isinstance(c['memory_at_start_bytes'], int)
+    assert 0 < c['memory_at_start_bytes'] <= c['peak_memory_bytes']
 
     metrics = rows(tmp_path / 'a' / 'metrics.csv')
     assert list(metrics[0]) == ['epoch', 'train_loss', 'val_mae', 'test_mae', 'lr', 'seconds',
@@ -277,3 +280,49 @@ def test_cuda_peak_memory_counts_what_happens_after_the_reset():
     big = torch.ones(50 * MB, device=device)
     del big
     assert cost.peak_memory_bytes(device) >= before + 200 * MB
+
+
+def test_memory_at_start_is_read_after_the_reset_and_before_the_data(tmp_path, data_root,
+                                                                     monkeypatch):
+    calls = []
+    monkeypatch.setattr(cost, 'reset_peak_memory', lambda d: calls.append('reset'))
+    monkeypatch.setattr(cost, 'current_memory_bytes', lambda d: calls.append('start') or 123)
+
+    class Stop(Exception):
+        pass
+
+    def load_data(*args, **kwargs):
+        calls.append('data')
+        raise Stop
+
+    monkeypatch.setattr(loop, 'load_data', load_data)
+    with pytest.raises(Stop):
+        train(config(data_root), tmp_path / 'run', progress=False, log=lambda s: None)
+    assert calls == ['reset', 'start', 'data']
+    c = cost.run_cost([], None, torch.device('cpu'), 456, 123)
+    assert (c['peak_memory_bytes'], c['memory_at_start_bytes']) == (456, 123)
+    assert cost.run_cost([], None, torch.device('cpu'), 456)['memory_at_start_bytes'] is None
+
+
+def test_current_memory_is_the_rss_now(monkeypatch):
+    device = torch.device('cpu')
+    before = cost.current_memory_bytes(device)
+    assert abs(before - _vm('VmRSS')) < 20 * MB
+    big = torch.ones(50 * MB)           # 200 MB, touched
+    assert cost.current_memory_bytes(device) >= before + 190 * MB
+    del big
+
+    def refuse(*args, **kwargs):
+        raise PermissionError('no')
+
+    monkeypatch.setattr(cost, 'open', refuse, raising=False)
+    assert cost.current_memory_bytes(device) is None
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+def test_cuda_current_memory_is_allocated_memory():
+    device = torch.device('cuda')
+    big = torch.ones(50 * MB, device=device)
+    assert cost.current_memory_bytes(device) == torch.cuda.memory_allocated(device)
+    assert cost.current_memory_bytes(device) >= 200 * MB
+    del big

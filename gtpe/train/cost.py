@@ -4,7 +4,10 @@
 Peak memory is measured per process (under DDP, rank 0 reports its own): on CUDA the peak of
 ``torch.cuda.max_memory_allocated`` (tensors only, not the allocator's cache); elsewhere the peak
 resident set size (RSS) of the process, whose high-water mark Linux resets when ``5`` is written
-to ``/proc/self/clear_refs`` and reports as ``VmHWM`` in ``/proc/self/status``.
+to ``/proc/self/clear_refs`` and reports as ``VmHWM`` in ``/proc/self/status``. The memory at the
+start of the run (:func:`current_memory_bytes`, before the data is loaded) is kept next to the
+peak: a process's RSS includes the Python/torch baseline (and, in a process that trained before,
+what the earlier runs left), so ``peak - start`` is what this run added.
 """
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ import sys
 
 import torch
 
-__all__ = ['median_of', 'memory_kind', 'peak_memory_bytes', 'reset_peak_memory', 'run_cost']
+__all__ = ['current_memory_bytes', 'median_of', 'memory_kind', 'peak_memory_bytes',
+           'reset_peak_memory', 'run_cost']
 
 
 def memory_kind(device: torch.device) -> str:
@@ -59,6 +63,22 @@ def peak_memory_bytes(device: torch.device) -> int | None:
     return int(peak) if sys.platform == 'darwin' else int(peak) * 1024
 
 
+def current_memory_bytes(device: torch.device) -> int | None:
+    """Memory in use now, of the same kind as :func:`peak_memory_bytes`:
+    ``torch.cuda.memory_allocated`` on CUDA, else ``VmRSS`` of ``/proc/self/status``; ``None``
+    without ``/proc``."""
+    if memory_kind(device) == 'cuda':
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1]) * 1024  # "VmRSS:  123456 kB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def median_of(rows: list[dict], key: str) -> float | None:
     """Median of ``row[key]`` over the rows that have a number there (a checkpoint of an older
     gtpe has no ``train_seconds``); ``None`` when none has."""
@@ -67,9 +87,10 @@ def median_of(rows: list[dict], key: str) -> float | None:
 
 
 def run_cost(rows: list[dict], precompute: dict | None, device: torch.device,
-             peak_memory: int | None) -> dict:
+             peak_memory: int | None, memory_at_start: int | None = None) -> dict:
     """``results.json``'s ``cost`` (described in :mod:`gtpe.train.loop`) from the metric rows,
-    the PE precompute stats of :func:`gtpe.train.loop.load_data` and the measured peak."""
+    the PE precompute stats of :func:`gtpe.train.loop.load_data`, the measured peak and the
+    memory in use when the run started."""
     pre = precompute or {}
     seconds, nbytes, graphs = pre.get('seconds'), pre.get('bytes'), pre.get('num_graphs') or 0
     return {
@@ -79,6 +100,7 @@ def run_cost(rows: list[dict], precompute: dict | None, device: torch.device,
         'seconds_per_epoch': median_of(rows, 'seconds'),
         'train_seconds_per_epoch': median_of(rows, 'train_seconds'),
         'peak_memory_bytes': peak_memory,
+        'memory_at_start_bytes': memory_at_start,
         'peak_memory_kind': memory_kind(device),
         'threads': torch.get_num_threads(),
     }

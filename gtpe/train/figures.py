@@ -18,7 +18,7 @@ from typing import Any
 
 from gtpe.train._dataclass_io import ConfigError
 from gtpe.train.checkpoint import atomic_write_bytes
-from gtpe.train.report import cell_title, fmt_mean_std
+from gtpe.train.report import bench_title, cell_title, fmt_mean_std, short_axis
 
 __all__ = ['draw_bench_figures', 'plot_run']
 
@@ -48,12 +48,9 @@ def _save(fig: Any, base: Path) -> list[Path]:
     return paths
 
 
-def _short(axis: str) -> str:
-    return axis.split('.')[-1]
-
-
 def _num(v: Any) -> float:
-    return float(v) if isinstance(v, (int, float)) and v is not None else math.nan
+    """``v`` as a float; NaN for anything that is not a number (``None``, a bool, a string)."""
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
 
 
 def _grid(meta: dict, summary: Sequence[dict]) -> tuple[list[str], list[str], dict, str, str]:
@@ -72,15 +69,13 @@ def _grid(meta: dict, summary: Sequence[dict]) -> tuple[list[str], list[str], di
     cells = {key(r): r for r in summary}
     rows = list(dict.fromkeys(k[0] for k in cells))
     cols = list(dict.fromkeys(k[1] for k in cells))
-    row_title = _short(axes[0]) if len(axes) >= 2 else ''
-    col_title = '/'.join(_short(a) for a in (axes[1:] if len(axes) >= 2 else axes))
+    row_title = short_axis(axes[0]) if len(axes) >= 2 else ''
+    col_title = '/'.join(short_axis(a) for a in (axes[1:] if len(axes) >= 2 else axes))
     return rows, cols, cells, row_title, col_title
 
 
 def _title(meta: dict) -> str:
-    way = 'higher' if meta.get('higher_is_better') else 'lower'
-    return (f"{meta.get('dataset', '')}: test {meta.get('metric', '')} ({way} is better), "
-            'mean ± std over seeds')
+    return f'{bench_title(meta)}, mean ± std over seeds'
 
 
 def draw_heatmap(meta: dict, summary: Sequence[dict]) -> Any:
@@ -159,17 +154,21 @@ def draw_bars(meta: dict, summary: Sequence[dict]) -> Any:
 
 
 def cost_seconds(row: dict) -> float | None:
-    """The training cost of a cell: PE precompute seconds (0 when unknown) + epochs × s/epoch;
-    ``None`` without s/epoch."""
+    """The training cost of a cell: PE precompute seconds + epochs × s/epoch; ``None`` without
+    s/epoch. An unknown precompute time counts as 0 (:func:`draw_cost` marks those points)."""
     spe = row.get('seconds_per_epoch')
     if spe is None:
         return None
     return float(row.get('precompute_seconds') or 0.0) + float(spe) * float(row.get('epochs') or 1)
 
 
+UNKNOWN_PRECOMPUTE = '* precompute time unknown (a PE cache entry of an older gtpe): counted as 0'
+
+
 def draw_cost(meta: dict, summary: Sequence[dict]) -> Any:
     """Mean metric (error bars = std) against training cost (:func:`cost_seconds`), each point
-    labelled with its cell; log x axis when the costs spread over more than 10x."""
+    labelled with its cell, with a '*' and a footnote (:data:`UNKNOWN_PRECOMPUTE`) when its
+    precompute time is unknown; log x axis when the costs spread over more than 10x."""
     axes = list(meta['axes'])
     points = [(cost_seconds(s), s) for s in summary if s.get('mean') is not None]
     points = [(x, s) for x, s in points if x is not None and x > 0]
@@ -178,7 +177,11 @@ def draw_cost(meta: dict, summary: Sequence[dict]) -> Any:
     for k, (x, s) in enumerate(points):
         ax.errorbar([x], [s['mean']], yerr=[s['std'] or 0.0], fmt='o', color=f'C{k % 10}',
                     capsize=3)
-        ax.annotate(cell_title(s, axes), (x, s['mean']), xytext=(5, 4), textcoords='offset points', fontsize=7)
+        star = '*' if s.get('precompute_seconds') is None else ''
+        ax.annotate(cell_title(s, axes) + star, (x, s['mean']), xytext=(5, 4),
+                    textcoords='offset points', fontsize=7)
+    if any(s.get('precompute_seconds') is None for _, s in points):
+        fig.supxlabel(UNKNOWN_PRECOMPUTE, fontsize=7)  # kept clear of the axes by the layout
     xs = [x for x, _ in points]
     if xs and max(xs) > 10 * min(xs):
         ax.set_xscale('log')
@@ -225,6 +228,25 @@ def _float(v: Any) -> float:
         return math.nan
 
 
+def _metric_panel(ax: Any, epochs: list[float], rows: list[dict], metric: str,
+                  best: Any) -> None:
+    """Validation and test metric per epoch, the best epoch marked."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.plot(epochs, [_float(r[f'val_{metric}']) for r in rows], color='C1', label=f'val {metric}')
+    if f'test_{metric}' in rows[0]:
+        ax.plot(epochs, [_float(r[f'test_{metric}']) for r in rows], color='C2',
+                label=f'test {metric}')
+    if isinstance(best, int):
+        ax.axvline(best, color='0.7', linewidth=0.8)
+        ax.annotate(f'best epoch {best}', (best, 1.0), xycoords=('data', 'axes fraction'),
+                    xytext=(3, -10), textcoords='offset points', fontsize=7)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel('epoch')
+    ax.set_ylabel(metric)
+    ax.legend(frameon=False, fontsize=8)
+
+
 def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     """Learning curves of one training run from its ``metrics.csv``: train loss and lr (twin
     axis) in the top panel, validation and test metric in the bottom one, the best epoch of
@@ -246,8 +268,6 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
     except (OSError, ValueError, AttributeError):
         pass
     with matplotlib.rc_context(_RC):
-        from matplotlib.ticker import MaxNLocator
-
         fig = _figure(6.0, 5.0)
         top, bottom = fig.subplots(2, 1, sharex=True)
         lines = top.plot(epochs, [_float(r.get('train_loss')) for r in rows], color='C0',
@@ -261,18 +281,8 @@ def plot_run(run_dir: str | os.PathLike) -> list[Path]:
             twin.set_ylabel('lr')
         top.legend(lines, [line.get_label() for line in lines], frameon=False, fontsize=8,
                    loc='upper right')
-        bottom.plot(epochs, [_float(r[val_col]) for r in rows], color='C1', label=f'val {metric}')
-        if f'test_{metric}' in rows[0]:
-            bottom.plot(epochs, [_float(r[f'test_{metric}']) for r in rows], color='C2',
-                        label=f'test {metric}')
+        _metric_panel(bottom, epochs, rows, metric, best)
         if isinstance(best, int):
-            for ax in (top, bottom):
-                ax.axvline(best, color='0.7', linewidth=0.8)
-            bottom.annotate(f'best epoch {best}', (best, 1.0), xycoords=('data', 'axes fraction'),
-                            xytext=(3, -10), textcoords='offset points', fontsize=7)
-        bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
-        bottom.set_xlabel('epoch')
-        bottom.set_ylabel(metric)
-        bottom.legend(frameon=False, fontsize=8)
+            top.axvline(best, color='0.7', linewidth=0.8)
         top.set_title(f'{run_dir.parent.name}/{run_dir.name}: learning curves')
         return _save(fig, run_dir / 'curves')

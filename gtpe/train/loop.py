@@ -35,6 +35,10 @@ Outputs in ``out_dir`` (rank 0 only):
     process since :func:`train` started (Linux: its high-water mark is reset at the start; where
     that fails, the peak since the process started), or ``'cuda'``,
     ``torch.cuda.max_memory_allocated`` since the start; under DDP rank 0's own;
+  - ``memory_at_start_bytes``: the memory of the same kind in use when :func:`train` started,
+    before the data was loaded (RSS: ``VmRSS``, ``null`` without ``/proc``; CUDA:
+    ``torch.cuda.memory_allocated``), so ``peak - start`` is what the run added on top of the
+    Python/torch baseline (and of what earlier runs in the same process left);
   - ``threads``: ``torch.get_num_threads()``.
 
 Divergence policy: a training step whose loss (on any rank) or gradient norm is not finite is
@@ -482,6 +486,7 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
     if tc.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     cost.reset_peak_memory(env.device)
+    memory_at_start = cost.current_memory_bytes(env.device)  # before the data is loaded
     seed_everything(tc.seed)
     pe_stats: dict[str, Any] = {}
     info, splits = load_data(config, progress=progress, stats=pe_stats)
@@ -655,7 +660,8 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
         'epochs': len(rows), 'num_params': num_params,
         'seconds': round(sum(r['seconds'] for r in rows), 3), 'world_size': env.world_size,
         'device': str(env.device),
-        'cost': cost.run_cost(rows, pe_stats, env.device, cost.peak_memory_bytes(env.device)),
+        'cost': cost.run_cost(rows, pe_stats, env.device, cost.peak_memory_bytes(env.device),
+                              memory_at_start),
     }
     if diverged:
         results['diverged'] = diverged
