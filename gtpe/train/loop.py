@@ -95,7 +95,7 @@ from gtpe.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from gtpe.train.config import ExperimentConfig, config_equal_except, load_config
+from gtpe.train.config import MACHINE_KEYS, ExperimentConfig, config_equal_except, load_config
 
 __all__ = [
     'TrainingDiverged',
@@ -110,7 +110,7 @@ __all__ = [
 ]
 
 # Config keys that may differ between an interrupted run and its resumption.
-_RESUME_MAY_DIFFER = ('train.device', 'train.num_workers')
+_RESUME_MAY_DIFFER = MACHINE_KEYS
 _OUTPUT_FILES = ('results.json', 'metrics.csv', 'config.yaml', 'checkpoints/last.pt',
                  'checkpoints/best.pt')
 _RESUME_KEYS = ('model', 'optimizer', 'scheduler', 'rng', 'epoch', 'best_epoch', 'best_val',
