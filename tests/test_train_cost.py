@@ -268,7 +268,7 @@ def test_peak_memory_counts_what_happens_after_the_reset(monkeypatch):
         resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_cuda_peak_memory_counts_what_happens_after_the_reset():
     device = torch.device('cuda')
     assert cost.memory_kind(device) == 'cuda'
@@ -319,7 +319,7 @@ def test_current_memory_is_the_rss_now(monkeypatch):
     assert cost.current_memory_bytes(device) is None
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_cuda_current_memory_is_allocated_memory():
     device = torch.device('cuda')
     big = torch.ones(50 * MB, device=device)
