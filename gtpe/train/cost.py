@@ -48,13 +48,9 @@ def peak_memory_bytes(device: torch.device) -> int | None:
     Linux, bytes on macOS); ``None`` where neither exists."""
     if memory_kind(device) == 'cuda':
         return int(torch.cuda.max_memory_allocated(device))
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith('VmHWM:'):
-                    return int(line.split()[1]) * 1024  # "VmHWM:  123456 kB"
-    except (OSError, ValueError, IndexError):
-        pass
+    peak = _proc_status_bytes('VmHWM')
+    if peak is not None:
+        return peak
     try:
         import resource
     except ImportError:  # pragma: no cover - Windows
@@ -69,11 +65,17 @@ def current_memory_bytes(device: torch.device) -> int | None:
     without ``/proc``."""
     if memory_kind(device) == 'cuda':
         return int(torch.cuda.memory_allocated(device))
+    return _proc_status_bytes('VmRSS')
+
+
+def _proc_status_bytes(field: str) -> int | None:
+    """``field`` of ``/proc/self/status`` (a line like ``VmRSS:  123456 kB``) in bytes; ``None``
+    without ``/proc`` or that line."""
     try:
         with open('/proc/self/status') as f:
             for line in f:
-                if line.startswith('VmRSS:'):
-                    return int(line.split()[1]) * 1024  # "VmRSS:  123456 kB"
+                if line.startswith(f'{field}:'):
+                    return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
     return None
