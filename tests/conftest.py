@@ -10,6 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 
 _REPO = Path(__file__).resolve().parents[1]
@@ -27,3 +28,14 @@ os.environ["GTPE_DATA_ROOT"] = os.environ.get(
 # The models under test are small: one intra-op thread is faster than two on a 2-core machine
 # (measured 10x on a busy one) and keeps torch from oversubscribing next to numpy/scipy pools.
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread during the test, restored afterwards (a test that runs ``gtpe ...
+    --threads N`` in-process changes it). Modules that train use it for every test:
+    ``pytestmark = pytest.mark.usefixtures('one_thread')``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

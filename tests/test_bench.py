@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from bench_utils import ONE_CELL, gtpe, read_rows, stable, write_grid
 from cli_utils import one_line
 
@@ -20,12 +19,7 @@ from gtpe.train.config import experiment_hash, load_config
 from gtpe.train.loop import build_model, format_summary, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def budget_between(grid: Path) -> int:

@@ -33,12 +33,7 @@ COST_KEYS = {'precompute_seconds', 'pe_bytes_per_graph', 'seconds_per_epoch',
              'memory_at_start_bytes'}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 @pytest.fixture(scope='module')
