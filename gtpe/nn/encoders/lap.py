@@ -103,11 +103,14 @@ class EigenSetEncoder(torch.nn.Module):
                 layer.self_attn._reset_parameters()
 
     def forward(self, vec: Tensor, val: Tensor, pad: Tensor) -> Tensor:
-        """vec ``[N, k, d]`` eigenvector part, val ``[N, k]``, pad ``[N, k]`` -> ``[N, dim]``."""
-        tok = torch.cat([vec, val.unsqueeze(-1)], dim=-1)  # [N, k, d+1]
+        """vec ``[N, k, d]`` eigenvector part, val ``[N, k]`` (or ``[N, k, e]``: the eigenvalue
+        and further per-token features that are not negated by ``sign_invariant``, e.g. a
+        block id), pad ``[N, k]`` -> ``[N, dim]``; ``in_dim`` is ``d + 1`` (or ``d + e``)."""
+        rest = val.unsqueeze(-1) if val.dim() == 2 else val
+        tok = torch.cat([vec, rest], dim=-1)  # [N, k, d+1]
         h = self.phi(tok)  # [N, k, hidden]
         if self.sign_invariant:  # per token, before any mixing across tokens
-            h = h + self.phi(torch.cat([-vec, val.unsqueeze(-1)], dim=-1))
+            h = h + self.phi(torch.cat([-vec, rest], dim=-1))
         if self.transformer is not None:
             # A node whose k columns are all padding (tiny graph): unmask so attention is
             # defined; its tokens are dropped from the sum below anyway.
