@@ -199,3 +199,52 @@ def test_permutation_equivariance(d, rnd):
     for t in (AddRWSE(7), AddRWSE(7, dense_max_nodes=0)):   # dense and sparse exact paths
         out, out_p = t(d.clone()).rwse, t(permuted(d, perm)).rwse
         np.testing.assert_allclose(out_p.numpy(), out[perm].numpy(), atol=1e-6)
+
+
+def ref_rwse_undirected(d, K):
+    """Reference of ``undirected=True``: A^s = (A + A^T)/2 where both directions exist, else
+    A + A^T (zero-weight edges absent), then the walk on A^s."""
+    n = d.num_nodes
+    A = np.zeros((n, n))
+    w = (d.edge_weight.double().numpy() if getattr(d, 'edge_weight', None) is not None
+         else np.ones(d.edge_index.size(1)))
+    np.add.at(A, (d.edge_index[0].numpy(), d.edge_index[1].numpy()), w)
+    S = A + A.T
+    S = np.where((A > 0) & (A.T > 0), S / 2, S)
+    deg = S.sum(1, keepdims=True)
+    P = np.divide(S, deg, out=np.zeros_like(S), where=deg > 0)
+    X, out = np.eye(n), []
+    for _ in range(K):
+        X = X @ P
+        out.append(np.diag(X).copy())
+    return np.stack(out, 1)
+
+
+@SETTINGS
+@given(graphs())
+def test_undirected_matches_dense_reference(d):
+    K = 7
+    ref = ref_rwse_undirected(d, K)
+    np.testing.assert_allclose(AddRWSE(K, undirected=True)(d.clone()).rwse.numpy(), ref,
+                               atol=1e-6)
+    big = AddRWSE(K, undirected=True, dense_max_nodes=0)(d.clone()).rwse  # sparse exact path
+    np.testing.assert_allclose(big.numpy(), ref, atol=1e-6)
+
+
+def test_undirected_on_dag_and_symmetric_input():
+    # a directed path never returns: the directed encoding is zero, the undirected one is not
+    path = Data(edge_index=torch.tensor([[0, 1, 2], [1, 2, 3]]), num_nodes=4)
+    assert AddRWSE(4)(path.clone()).rwse.abs().sum() == 0
+    und = AddRWSE(4, undirected=True)(path.clone()).rwse
+    sym = Data(edge_index=torch.tensor([[0, 1, 1, 2, 2, 3], [1, 0, 2, 1, 3, 2]]), num_nodes=4)
+    assert torch.equal(und, AddRWSE(4)(sym.clone()).rwse)
+    # an undirected input is left unchanged
+    assert torch.equal(AddRWSE(4, undirected=True)(sym.clone()).rwse, AddRWSE(4)(sym.clone()).rwse)
+    # in a Batch, at any position, each graph gets its own numbers
+    b = Batch.from_data_list([sym, path, path])
+    out = AddRWSE(4, undirected=True)(b).rwse
+    assert torch.equal(out[4:8], und) and torch.equal(out[8:], und)
+    assert 'undirected=True' in repr(AddRWSE(4, undirected=True))
+    assert 'undirected' not in repr(AddRWSE(4))
+    with pytest.raises(ValueError, match='undirected must be a bool'):
+        AddRWSE(4, undirected=1)

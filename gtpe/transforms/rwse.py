@@ -183,6 +183,26 @@ def _mc_rwse(rowptr: Tensor, col: Tensor, val: Tensor, n: int, K: int, num_walks
     return out
 
 
+def _symmetrised(ei: Tensor, w: Tensor | None, n: int) -> tuple[Tensor, Tensor]:
+    """Coalesced edges of :math:`A^s` (see :class:`AddRWSE`'s ``undirected``): weights of
+    duplicate edges add up, zero-weight edges are dropped, pairs present in both directions
+    get the mean of the two sums and the others the sum."""
+    device = ei.device
+    w = torch.ones(ei.size(1), dtype=torch.float64, device=device) if w is None else w
+    keep = w > 0
+    ei, w = ei[:, keep], w[keep]
+    key = ei[0] * n + ei[1]
+    present = torch.unique(key)                      # the pattern of A (sorted)
+    both = torch.cat([key, ei[1] * n + ei[0]])
+    uniq, inv = torch.unique(both, return_inverse=True)
+    val = torch.zeros(uniq.numel(), dtype=torch.float64, device=device)
+    val.index_add_(0, inv, torch.cat([w, w]))        # A + A^T
+    row, col = uniq // n, uniq % n
+    reciprocal = torch.isin(uniq, present) & torch.isin(col * n + row, present)
+    val = torch.where(reciprocal, val / 2, val)
+    return torch.stack([row, col]), val
+
+
 class AddRWSE(BaseTransform):
     r"""Random-walk structural encoding (Dwivedi et al., ICLR 2022):
 
@@ -225,14 +245,23 @@ class AddRWSE(BaseTransform):
         num_walks (int): walks per node for ``'mc'`` (>= 1, default 32).
         seed (int): seed of the ``'mc'`` generator, in ``[0, 2**64)``.
         dense_max_nodes (int): graphs up to this size use the dense batched path (>= 0).
+        undirected (bool): walk on the symmetrised graph instead of along edge directions,
+            with :class:`AddLapPE`'s rule: :math:`A^s_{uv} = (A_{uv} + A_{vu}) / 2` where both
+            directions exist, else :math:`A_{uv} + A_{vu}` (an undirected input is left
+            unchanged). On a directed acyclic graph the directed walk never returns, so its
+            encoding is all zero; this is the structural encoding graph transformers use on
+            directed data. (default ``False``)
     """
     supports_batch = True
     batch_keys = ('edge_index', 'edge_weight')  # what forward reads (gtpe.precompute)
 
     def __init__(self, walk_length: int = 20, method: str = 'auto',
                  exact_max_nodes: int = 5_000, num_walks: int = 32, seed: int = 0,
-                 dense_max_nodes: int = 128) -> None:
+                 dense_max_nodes: int = 128, undirected: bool = False) -> None:
         name = 'AddRWSE'
+        if undirected is not True and undirected is not False:
+            raise ValueError(f"AddRWSE: undirected must be a bool, got {undirected!r}")
+        self.undirected = undirected
         self.walk_length = check_int(walk_length, 'walk_length', name)
         if method not in _METHODS:
             raise ValueError(f"AddRWSE: method must be one of {_METHODS}, got {method!r}")
@@ -256,6 +285,8 @@ class AddRWSE(BaseTransform):
         ei, w, ptr = sp.get_edges(data, 'AddRWSE')
         device = ei.device
         N = int(ptr[-1])
+        if self.undirected:
+            ei, w = _symmetrised(ei, w, N)
         sizes = ptr[1:] - ptr[:-1]
         out = torch.zeros(N, K, dtype=torch.float64, device=device)
         nb = sp.node_graph(ptr, device)
@@ -286,4 +317,5 @@ class AddRWSE(BaseTransform):
         return (f'{self.__class__.__name__}(walk_length={self.walk_length}, '
                 f'method={self.method!r}, exact_max_nodes={self.exact_max_nodes}, '
                 f'num_walks={self.num_walks}, seed={self.seed}, '
-                f'dense_max_nodes={self.dense_max_nodes})')
+                f'dense_max_nodes={self.dense_max_nodes}'
+                + (', undirected=True)' if self.undirected else ')'))
