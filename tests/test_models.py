@@ -31,7 +31,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-LOCALS = ["gine", "gatedgcn", None]
+LOCALS = ["gine", "dirgine", "gatedgcn", None]
 ATTNS = ["full", "linear", "exphormer", "grit", None]
 # PE settings shared by every encoding below, so that one prepared batch serves them all
 RWSE, LAP, MAGLAP = (

@@ -234,7 +234,7 @@ def permute_within_graphs(d, seed=0):
 
 
 @pytest.mark.parametrize("attn", ATTNS)
-@pytest.mark.parametrize("local", ["gine", "gatedgcn"])
+@pytest.mark.parametrize("local", ["gine", "dirgine", "gatedgcn"])
 def test_gpslayer_permutation_equivariance(local, attn):
     torch.manual_seed(0)
     C = 16
@@ -266,7 +266,12 @@ def test_gpslayer_no_information_between_graphs(attn):
 
 @pytest.mark.parametrize(
     "local,attn",
-    [(loc, a) for loc in ("gine", "gatedgcn", None) for a in ATTNS if (loc, a) != (None, None)],
+    [
+        (loc, a)
+        for loc in ("gine", "dirgine", "gatedgcn", None)
+        for a in ATTNS
+        if (loc, a) != (None, None)
+    ],
 )
 def test_gpslayer_gradients_reach_every_parameter(local, attn):
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ Example (``model:`` section of an experiment YAML)::
 
     channels: 64
     num_layers: 4
-    local: gine          # gine | gatedgcn | none
+    local: gine          # gine | dirgine | gatedgcn | none
     attn: full           # full | linear | exphormer | grit | none
     heads: 4
     dropout: 0.0
@@ -14,6 +14,7 @@ Example (``model:`` section of an experiment YAML)::
     pe:
       rwse: {walk_length: 20, dim: 16}
       lap: {k: 8, dim: 16, normalization: sym, encoder: deepset}
+      maglap: {k: 8, q: [0.0, 0.1, 0.25], dim: 16, phase: invariant}   # q: a number or a list
 
 :meth:`GPSModelConfig.from_dict` builds a config from such a mapping (unknown keys are
 errors); :meth:`GPSModelConfig.to_dict` is the inverse.  Values are validated on construction.
@@ -22,6 +23,7 @@ errors); :meth:`GPSModelConfig.to_dict` is the inverse.  Values are validated on
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -37,7 +39,8 @@ __all__ = [
     "RWSEConfig",
 ]
 
-LOCALS = ("gine", "gatedgcn", None)
+LOCALS = ("gine", "dirgine", "gatedgcn", None)
+PHASES = ("canonical", "invariant")
 ATTNS = ("full", "linear", "exphormer", "grit", None)
 NORMS = ("batch", "layer", None)
 POOLS = ("mean", "add")
@@ -106,19 +109,53 @@ class LapPEConfig:
             )
 
 
+def _non_negative_number(v: Any) -> bool:
+    return (
+        not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+    )
+
+
 @dataclass
 class MagLapPEConfig:
-    """Magnetic Laplacian PE: ``AddMagLapPE(k, q)`` + ``MagLapPEEncoder(k, dim)``."""
+    """Magnetic Laplacian PE: ``AddMagLapPE(k, q)`` + ``MagLapPEEncoder(k, dim, num_q, phase)``.
+
+    ``q`` is one number or a non-empty list of distinct numbers (multi-q, Huang et al. 2025: ``k``
+    eigenvectors per ``q``, concatenated in the order given); ``phase`` is ``'canonical'`` (the
+    transform's phase convention, sign flips in training) or ``'invariant'`` (features exactly
+    invariant to each eigenvector's phase; see :class:`~gtpe.nn.encoders.MagLapPEEncoder`)."""
 
     k: int = 8
-    q: float = 0.25
+    q: float | list[float] = 0.25
     dim: int = 16
+    phase: str = "canonical"
 
     def __post_init__(self) -> None:
         _pos_int("MagLapPEConfig", "k", self.k)
         _pos_int("MagLapPEConfig", "dim", self.dim)
-        if isinstance(self.q, bool) or not isinstance(self.q, (int, float)) or self.q < 0:
-            raise ConfigError(f"MagLapPEConfig.q must be a non-negative number, got {self.q!r}")
+        if isinstance(self.q, (list, tuple)):
+            if not self.q or not all(_non_negative_number(v) for v in self.q):
+                raise ConfigError(
+                    f"MagLapPEConfig.q must be a non-negative number or a non-empty list of "
+                    f"them, got {list(self.q)!r}"
+                )
+            if len({float(v) for v in self.q}) != len(self.q):
+                raise ConfigError(
+                    f"MagLapPEConfig.q must not repeat a value (the same block twice), "
+                    f"got {list(self.q)!r}"
+                )
+            self.q = list(self.q)
+        elif not _non_negative_number(self.q):
+            raise ConfigError(
+                f"MagLapPEConfig.q must be a non-negative number or a non-empty list of them, "
+                f"got {self.q!r}"
+            )
+        if self.phase not in PHASES:
+            raise ConfigError(f"MagLapPEConfig.phase must be one of {PHASES}, got {self.phase!r}")
+
+    @property
+    def num_q(self) -> int:
+        """Number of ``q`` values (1 for a single number)."""
+        return len(self.q) if isinstance(self.q, list) else 1
 
 
 @dataclass

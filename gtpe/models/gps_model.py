@@ -18,13 +18,16 @@ from gtpe.nn.encoders import (
     OGBBondEncoder,
     RRWPEncoder,
     RWSEEncoder,
+    SinusoidEncoder,
 )
 from gtpe.nn.gps import GPSLayer
 from gtpe.nn.ops import scatter_mean, scatter_sum
 
 __all__ = ["EDGE_INPUTS", "NODE_INPUTS", "GPSModel"]
 
-NODE_INPUTS = ("embedding", "ogb_atom", "linear")
+NODE_INPUTS = ("embedding", "ogb_atom", "linear", "sinusoid")
+# local modules that read edges without their direction: they get the symmetrised graph
+DIRECTION_BLIND_LOCALS = ("gine", "gatedgcn")
 EDGE_INPUTS = ("embedding", "ogb_bond", "linear", None)
 
 
@@ -46,6 +49,13 @@ def _feature_encoder(
                 f"GPSModel: {what}_input='linear' needs {what}_in_dim >= 1, got {in_dim}"
             )
         return LinearEncoder(in_dim, out_dim)
+    if kind == "sinusoid" and what == "node":
+        if in_dim < 1 or in_dim > out_dim:
+            raise ConfigError(
+                f"GPSModel: node_input='sinusoid' needs node_in_dim = number of integer "
+                f"columns of x, between 1 and the node embedding size {out_dim}; got {in_dim}"
+            )
+        return SinusoidEncoder(in_dim, out_dim)
     if kind == "ogb_atom" and what == "node":
         return OGBAtomEncoder(out_dim)
     if kind == "ogb_bond" and what == "edge":
@@ -91,10 +101,19 @@ class GPSModel(torch.nn.Module):
         out_dim: output size (number of tasks / classes).
         node_input: ``'embedding'`` (``x`` long ``[N]``/``[N,1]``, ``node_in_dim`` = vocabulary),
             ``'ogb_atom'`` (``x`` long ``[N, 9]``) or ``'linear'`` (``x`` float
-            ``[N, node_in_dim]``).
+            ``[N, node_in_dim]``) or ``'sinusoid'`` (``x`` integer ``[N, node_in_dim]``, each
+            column through a sinusoidal encoding: :class:`~gtpe.nn.encoders.SinusoidEncoder`).
         edge_input: ``'embedding'`` (``edge_attr`` long ``[E]``/``[E,1]``, vocabulary
             ``edge_in_dim``), ``'ogb_bond'`` (``[E, 3]``), ``'linear'`` or ``None``.
         graph_level: graph-level (pooled) or node-level output.
+        directed: ``edge_index`` lists each directed edge once, in its direction.  Then the
+            direction-blind locals (``'gine'``, ``'gatedgcn'``) get the symmetrised graph
+            (``edge_index`` concatenated with its flip, edge features duplicated; built once per
+            forward), and so does everything else in the layers that reads the edges (Exphormer's
+            edge attention, GRIT's edge merge and degrees), so that such a model sees direction
+            only through its PEs; ``'dirgine'`` (and ``local=None``) get the edges as given.
+            The MagLapPE encoder always gets the given (directed) edges.  ``False`` (default):
+            edges are used as given everywhere.
 
     ``forward(data)`` reads ``x, edge_index, edge_attr, batch`` and the PE attributes written by
     :meth:`GPSModelConfig.transforms` (``rwse``, ``lap_pe``/``lap_eigval``,
@@ -112,6 +131,7 @@ class GPSModel(torch.nn.Module):
         edge_input: str | None,
         edge_in_dim: int = 0,
         graph_level: bool = True,
+        directed: bool = False,
     ):
         super().__init__()
         if not isinstance(config, GPSModelConfig):
@@ -130,6 +150,9 @@ class GPSModel(torch.nn.Module):
         self.node_input, self.node_in_dim = node_input, node_in_dim
         self.edge_input, self.edge_in_dim = edge_input, edge_in_dim
         self.graph_level = graph_level
+        self.directed = bool(directed)
+        # symmetrise the edges for the layers (see ``directed``)
+        self.symmetrise = self.directed and config.local in DIRECTION_BLIND_LOCALS
         C, pe = config.channels, config.pe
 
         self.node_encoder = _feature_encoder(node_input, node_in_dim, C - pe.concat_dim, "node")
@@ -147,7 +170,11 @@ class GPSModel(torch.nn.Module):
             else None
         )
         self.maglap_encoder = (
-            MagLapPEEncoder(pe.maglap.k, pe.maglap.dim) if pe.maglap is not None else None
+            MagLapPEEncoder(
+                pe.maglap.k, pe.maglap.dim, num_q=pe.maglap.num_q, phase=pe.maglap.phase
+            )
+            if pe.maglap is not None
+            else None
         )
         rrwp = config.rrwp_config
         self.rrwp_encoder = (
@@ -240,6 +267,7 @@ class GPSModel(torch.nn.Module):
                     _need(data, "maglap_eigval", "gtpe.transforms.AddMagLapPE"),
                     batch,
                     num_graphs,
+                    edge_index=edge_index,
                 )
             )
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
@@ -247,6 +275,10 @@ class GPSModel(torch.nn.Module):
         edge_attr = None
         if self.edge_encoder is not None:
             edge_attr = self.edge_encoder(_need(data, "edge_attr", "edge features"))
+        if self.symmetrise:  # j -> i becomes j -> i and i -> j, with the same features
+            edge_index = torch.cat([edge_index, edge_index.flip(0)], dim=1)
+            if edge_attr is not None:
+                edge_attr = torch.cat([edge_attr, edge_attr], dim=0)
 
         extra: dict[str, Any] = {}
         if self.rrwp_encoder is not None:
@@ -293,5 +325,5 @@ class GPSModel(torch.nn.Module):
         return (
             f"{self.__class__.__name__}(channels={c.channels}, num_layers={c.num_layers}, "
             f"local={c.local!r}, attn={c.attn!r}, out_dim={self.out_dim}, "
-            f"graph_level={self.graph_level})"
+            f"graph_level={self.graph_level}, directed={self.directed})"
         )

@@ -1,7 +1,8 @@
 """Neural-network modules: GPS layer, local message passing, global attention, encoders.
 
 * :class:`GPSLayer` (``gps.py``) -- local MPNN + global attention + MLP (GraphGPS);
-* :class:`GINE`, :class:`GatedGCN` (``local.py``) -- lean local message passing;
+* :class:`GINE`, :class:`DirGINE`, :class:`GatedGCN` (``local.py``) -- lean local message
+  passing (:class:`DirGINE`: in- and out-edges of directed graphs with separate weights);
 * :class:`FullAttention`, :class:`LinearAttention`, :class:`ExphormerAttention`,
   :class:`GRITAttention` (``attention/``);
 * PE and feature encoders (``encoders/``).
@@ -17,12 +18,14 @@ from gtpe.nn.encoders import (
     OGBBondEncoder,
     RRWPEncoder,
     RWSEEncoder,
+    SinusoidEncoder,
 )
 from gtpe.nn.gps import GPSLayer
-from gtpe.nn.local import GINE, GatedGCN
+from gtpe.nn.local import GINE, DirGINE, GatedGCN
 
 __all__ = [
     "GINE",
+    "DirGINE",
     "EmbeddingEncoder",
     "ExphormerAttention",
     "FullAttention",
@@ -37,4 +40,5 @@ __all__ = [
     "OGBBondEncoder",
     "RRWPEncoder",
     "RWSEEncoder",
+    "SinusoidEncoder",
 ]

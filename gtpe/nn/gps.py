@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Dropout, Linear, ReLU, Sequential
 
-from gtpe.nn.local import GINE, GatedGCN
+from gtpe.nn.local import GINE, DirGINE, GatedGCN
 from gtpe.nn.ops import (
     check_batch_shape,
     check_index_range,
@@ -28,7 +28,7 @@ from gtpe.nn.ops import (
 
 __all__ = ["ATTN_TYPES", "LOCAL_TYPES", "NORM_TYPES", "GPSLayer"]
 
-LOCAL_TYPES = ("gine", "gatedgcn")
+LOCAL_TYPES = ("gine", "dirgine", "gatedgcn")
 ATTN_TYPES = ("full", "linear", "exphormer", "grit")
 NORM_TYPES = ("batch", "layer")
 
@@ -108,9 +108,11 @@ class GPSLayer(torch.nn.Module):
 
     Args:
         channels: feature size :math:`C` (node features, and edge features unless ``edge_dim``).
-        local: ``'gine'`` (:class:`~gtpe.nn.local.GINE`), ``'gatedgcn'``
-            (:class:`~gtpe.nn.local.GatedGCN`), any ``torch_geometric`` ``MessagePassing``
-            instance (called with ``edge_attr`` when its ``forward`` takes it) or ``None``.
+        local: ``'gine'`` (:class:`~gtpe.nn.local.GINE`), ``'dirgine'``
+            (:class:`~gtpe.nn.local.DirGINE`: separate weights for in- and out-edges of a directed
+            ``edge_index``), ``'gatedgcn'`` (:class:`~gtpe.nn.local.GatedGCN`), any
+            ``torch_geometric`` ``MessagePassing`` instance (called with ``edge_attr`` when its
+            ``forward`` takes it) or ``None``.
         attn: ``'full'`` (:class:`~gtpe.nn.attention.FullAttention`), ``'linear'``
             (Performer), ``'exphormer'``, ``'grit'``, a module (``forward(x, batch)``, or a
             ``torch.nn.MultiheadAttention`` with ``batch_first=True``) or ``None``.
@@ -201,6 +203,8 @@ class GPSLayer(torch.nn.Module):
         elif isinstance(local, str):
             if local == "gine":
                 self.local = GINE(channels, edge_dim=edge_dim, **local_kwargs)
+            elif local == "dirgine":
+                self.local = DirGINE(channels, edge_dim=edge_dim, **local_kwargs)
             elif local == "gatedgcn":
                 if edge_dim is not None and edge_dim != channels:
                     raise ValueError(
@@ -219,6 +223,8 @@ class GPSLayer(torch.nn.Module):
             self.local_type = (
                 "gine"
                 if isinstance(local, GINE)
+                else "dirgine"
+                if isinstance(local, DirGINE)
                 else "gatedgcn"
                 if isinstance(local, GatedGCN)
                 else "custom"
@@ -252,7 +258,7 @@ class GPSLayer(torch.nn.Module):
         self._attn_kind = _attn_kind(self.attn) if self.attn is not None else None
         # (width, label, edge_dim hint) of edge_attr for each built-in module that reads it
         self._edge_attr_specs: list[tuple[int, str, bool]] = []
-        if isinstance(self.local, GINE):
+        if isinstance(self.local, (GINE, DirGINE)):
             lin = self.local.lin
             self._edge_attr_specs.append(
                 (lin.in_features, "edge_dim", False) if lin is not None else (channels, "channels", True)
@@ -326,7 +332,7 @@ class GPSLayer(torch.nn.Module):
                 if e is not None:
                     state["edge_attr"] = e
             else:
-                if self.local_type == "gine" or self._local_takes_edge_attr:
+                if self.local_type in ("gine", "dirgine") or self._local_takes_edge_attr:
                     h = self.local(x, edge_index, edge_attr=ea, **kwargs)
                 else:
                     h = self.local(x, edge_index, **kwargs)

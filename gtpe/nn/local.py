@@ -1,11 +1,13 @@
-"""Local message passing for GPS layers: GINE and GatedGCN.
+"""Local message passing for GPS layers: GINE, DirGINE (directed graphs) and GatedGCN.
 
-Both are written as a handful of tensor ops (``index_select`` / :func:`~gtpe.nn.ops.scatter_sum`) instead of
+All are written as a handful of tensor ops (``index_select`` / :func:`~gtpe.nn.ops.scatter_sum`) instead of
 :class:`torch_geometric.nn.MessagePassing`: at the size of one molecular mini-batch
 (~700 nodes) Python overhead, not arithmetic, dominates the step time.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +16,7 @@ from torch.nn import BatchNorm1d, Linear, ReLU, Sequential
 
 from gtpe.nn.ops import check_index_shape, edge_attr_error, scatter_sum
 
-__all__ = ["GINE", "GatedGCN"]
+__all__ = ["GINE", "DirGINE", "GatedGCN"]
 
 
 def _reset(module: torch.nn.Module) -> None:
@@ -32,7 +34,8 @@ class GINE(torch.nn.Module):
             + \sum_{j\in\mathcal{N}(i)} \mathrm{ReLU}(\mathbf{x}_j + \mathbf{W}_e\mathbf{e}_{ji})\Big)
 
     Numerically equal to :class:`torch_geometric.nn.GINEConv` with the same ``nn`` (and the
-    same ``lin`` when ``edge_dim`` is given). Without ``edge_attr`` it is plain GIN.
+    same ``lin`` when ``edge_dim`` is given). Without ``edge_attr`` the messages are
+    :math:`\mathrm{ReLU}(\mathbf{x}_j)` (GIN on non-negative features).
 
     Args:
         channels: node feature size.
@@ -76,16 +79,22 @@ class GINE(torch.nn.Module):
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
         check_index_shape("GINE", "edge_index", edge_index)
-        src, dst = edge_index[0], edge_index[1]
+        if edge_attr is not None:
+            self._check_edge_attr("GINE", edge_attr, edge_index.size(1))
+        return self._propagate(x, edge_index[0], edge_index[1], edge_attr)
+
+    def _check_edge_attr(self, owner: str, edge_attr: Tensor, num_edges: int) -> None:
+        if self.lin is not None:
+            err = edge_attr_error(owner, edge_attr, num_edges, self.lin.in_features, "edge_dim", False)
+        else:
+            err = edge_attr_error(owner, edge_attr, num_edges, self.channels, "channels", True)
+        if err is not None:
+            raise ValueError(err)
+
+    def _propagate(self, x: Tensor, src: Tensor, dst: Tensor, edge_attr: Tensor | None) -> Tensor:
+        """The layer along edges ``src -> dst`` (inputs already checked)."""
         msg = x.index_select(0, src)  # x_j  [E, C]  (a fresh tensor: updated in place below)
         if edge_attr is not None:
-            E = edge_index.size(1)
-            if self.lin is not None:
-                err = edge_attr_error("GINE", edge_attr, E, self.lin.in_features, "edge_dim", False)
-            else:
-                err = edge_attr_error("GINE", edge_attr, E, self.channels, "channels", True)
-            if err is not None:
-                raise ValueError(err)
             if self.lin is not None:
                 edge_attr = self.lin(edge_attr)
             msg = msg.add_(edge_attr)
@@ -96,6 +105,76 @@ class GINE(torch.nn.Module):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.channels}, nn={self.nn})"
+
+
+class DirGINE(torch.nn.Module):
+    r"""Directed GINE: Dir-GNN (Rossi et al., 2023, `"Edge Directionality Improves Learning on
+    Heterophilic Graphs" <https://arxiv.org/abs/2305.10498>`_) over :class:`GINE`, with separate
+    weights for in- and out-edges:
+
+    .. math::
+        \mathbf{x}'_i = \alpha\,\mathrm{GINE}_{\text{out}}(\mathbf{x}, \mathcal{E}^\top)_i
+            + (1-\alpha)\,\mathrm{GINE}_{\text{in}}(\mathbf{x}, \mathcal{E})_i
+
+    :math:`\mathrm{GINE}_{\text{in}}` aggregates over the in-edges :math:`j \to i` of
+    ``edge_index`` (messages :math:`\mathrm{ReLU}(\mathbf{x}_j + \mathbf{W}^{\text{in}}_e
+    \mathbf{e}_{ji})`), :math:`\mathrm{GINE}_{\text{out}}` over the out-edges :math:`i \to j`
+    (``edge_index`` flipped; messages :math:`\mathrm{ReLU}(\mathbf{x}_j +
+    \mathbf{W}^{\text{out}}_e\mathbf{e}_{ij})`).  Each has its own :math:`h_\Theta`,
+    :math:`\epsilon` and edge map.  This is PyG's
+    ``torch_geometric.nn.DirGNNConv(conv, alpha, root_weight=False)`` with ``conv`` a GINE
+    (``conv_in`` / ``conv_out`` hold the same weights); without ``edge_attr`` the messages are
+    :math:`\mathrm{ReLU}(\mathbf{x}_j)` as in :class:`GINE`, so on non-negative ``x`` it equals
+    ``DirGNNConv(GINConv(nn), alpha, root_weight=False)``.
+
+    Args:
+        channels: node feature size.
+        nn: :math:`h_\Theta` of both directions (deep-copied into each; default as :class:`GINE`).
+        alpha: weight of the out-edge aggregation, in ``[0, 1]`` (default ``0.5``).
+        eps, train_eps, edge_dim: as :class:`GINE` (per direction).
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        nn: torch.nn.Module | None = None,
+        alpha: float = 0.5,
+        eps: float = 0.0,
+        train_eps: bool = False,
+        edge_dim: int | None = None,
+    ):
+        super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"DirGINE: alpha must be a number in [0, 1], got {alpha!r}")
+        self.channels = channels
+        self.alpha = float(alpha)
+        self.conv_in = GINE(channels, copy.deepcopy(nn), eps, train_eps, edge_dim)
+        self.conv_out = GINE(channels, copy.deepcopy(nn), eps, train_eps, edge_dim)
+        self.reset_parameters()
+
+    @property
+    def lin(self) -> Linear | None:
+        """The in-edge GINE's edge map (``None`` without ``edge_dim``); both have the same shape."""
+        return self.conv_in.lin
+
+    def reset_parameters(self) -> None:
+        self.conv_in.reset_parameters()
+        self.conv_out.reset_parameters()
+
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor | None = None) -> Tensor:
+        check_index_shape("DirGINE", "edge_index", edge_index)
+        if edge_attr is not None:
+            self.conv_in._check_edge_attr("DirGINE", edge_attr, edge_index.size(1))
+        src, dst = edge_index[0], edge_index[1]
+        x_in = self.conv_in._propagate(x, src, dst, edge_attr)  # along j -> i
+        x_out = self.conv_out._propagate(x, dst, src, edge_attr)  # along the reversed edges
+        return self.alpha * x_out + (1 - self.alpha) * x_in
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__name__}({self.channels}, nn={self.conv_in.nn}, "
+            f"alpha={self.alpha})"
+        )
 
 
 class GatedGCN(torch.nn.Module):

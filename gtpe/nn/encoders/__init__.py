@@ -12,6 +12,7 @@ from .features import (
     MultiEmbeddingEncoder,
     OGBAtomEncoder,
     OGBBondEncoder,
+    SinusoidEncoder,
 )
 from .lap import EigenSetEncoder, LapPEEncoder
 from .maglap import MagLapPEEncoder
@@ -29,4 +30,5 @@ __all__ = [
     "OGBBondEncoder",
     "RRWPEncoder",
     "RWSEEncoder",
+    "SinusoidEncoder",
 ]
