@@ -468,3 +468,16 @@ def test_unknown_local_is_a_config_error():
         GPSModelConfig(local='dirgin')
     assert isinstance(model('dirgine').layers[0].local, DirGINE)
 
+
+
+def test_rwse_config_undirected_reaches_the_transform():
+    from gtpe.models import GPSModelConfig
+    from gtpe.models.config import ConfigError
+    cfg = GPSModelConfig.from_dict({'pe': {'rwse': {'walk_length': 5, 'dim': 8,
+                                                    'undirected': True}}})
+    (t,) = cfg.transforms()
+    assert t.undirected is True and t.walk_length == 5
+    assert GPSModelConfig.from_dict({'pe': {'rwse': {}}}).transforms()[0].undirected is False
+    assert GPSModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match='undirected'):
+        GPSModelConfig.from_dict({'pe': {'rwse': {'undirected': 'yes'}}})

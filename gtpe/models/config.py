@@ -76,14 +76,17 @@ def _from_dict(cls: type[T], d: Any, where: str) -> T:
 
 @dataclass
 class RWSEConfig:
-    """Random-walk structural encoding: ``AddRWSE(walk_length)`` + ``RWSEEncoder(walk_length, dim)``."""
+    """Random-walk structural encoding: ``AddRWSE(walk_length, undirected)`` + ``RWSEEncoder(walk_length, dim)``."""
 
     walk_length: int = 20
     dim: int = 16
+    undirected: bool = False  # walk on the symmetrised graph (AddRWSE(undirected=True))
 
     def __post_init__(self) -> None:
         _pos_int("RWSEConfig", "walk_length", self.walk_length)
         _pos_int("RWSEConfig", "dim", self.dim)
+        if self.undirected is not True and self.undirected is not False:
+            raise ConfigError(f"RWSEConfig.undirected must be true or false, got {self.undirected!r}")
 
 
 @dataclass
@@ -277,7 +280,7 @@ class GPSModelConfig:
         pe = self.pe
         out: list[Any] = []
         if pe.rwse is not None:
-            out.append(T.AddRWSE(walk_length=pe.rwse.walk_length))
+            out.append(T.AddRWSE(walk_length=pe.rwse.walk_length, undirected=pe.rwse.undirected))
         if pe.lap is not None:
             out.append(T.AddLapPE(k=pe.lap.k, normalization=pe.lap.normalization))
         if pe.maglap is not None:
