@@ -16,15 +16,17 @@ from gtpe.datasets.metrics import higher_is_better
 
 
 def test_list_and_info_fields():
-    assert list_datasets() == ['zinc', 'ogbg-molhiv', 'peptides-func', 'cora', 'citeseer']
+    assert list_datasets() == ['zinc', 'ogbg-molhiv', 'peptides-func', 'cora', 'citeseer',
+                               'sorting-networks', 'dag-distance']
     names = {f.name for f in dataclasses.fields(DatasetInfo)}
     assert {'name', 'level', 'task', 'metric', 'higher_is_better', 'num_tasks', 'node_input',
             'node_in_dim', 'edge_input', 'edge_in_dim', 'num_graphs', 'splits'} <= names
     for name in list_datasets():
         info = dataset_info(name)
         assert info.higher_is_better == higher_is_better(info.metric)
-        if info.level == 'graph':
+        if info.level in ('graph', 'node-inductive'):
             assert sum(info.splits.values()) == info.num_graphs
+        assert info.directed == (name in ('sorting-networks', 'dag-distance'))
 
 
 @pytest.mark.parametrize('name,expected', [
@@ -33,6 +35,9 @@ def test_list_and_info_fields():
     ('peptides-func', ('graph', 'multilabel', 'ap', 10, 'ogb_atom', 9, 'ogb_bond', 3, 15_535)),
     ('cora', ('node', 'multiclass', 'accuracy', 7, 'linear', 1_433, None, 0, 1)),
     ('citeseer', ('node', 'multiclass', 'accuracy', 6, 'linear', 3_703, None, 0, 1)),
+    ('sorting-networks', ('graph', 'binary', 'accuracy', 1, 'sinusoid', 2, None, 0, 5_800)),
+    ('dag-distance', ('node-inductive', 'multiclass', 'accuracy', 6, 'embedding', 2, None, 0,
+                      4_000)),
 ])
 def test_registry_values(name, expected):
     i = dataset_info(name)
@@ -45,6 +50,8 @@ def test_aliases_and_unknown():
     assert dataset_info('ogbg_molhiv').name == 'ogbg-molhiv'
     assert dataset_info('molhiv').name == 'ogbg-molhiv'
     assert dataset_info('Peptides-func').name == 'peptides-func'
+    assert dataset_info('sorting_networks').name == 'sorting-networks'
+    assert dataset_info('DAG_distance').name == 'dag-distance'
     with pytest.raises(DatasetError, match="did you mean 'citeseer'"):
         dataset_info('citeser')
     with pytest.raises(DatasetError, match='known datasets: zinc, ogbg-molhiv'):
@@ -60,14 +67,22 @@ def test_describe_is_json_and_table(tmp_path, monkeypatch):
     assert d['num_node_features'] == 9 and d['task'] == 'multilabel' and d['metric'] == 'ap'
     assert d['avg_nodes'] == pytest.approx(150.94) and d['avg_edges'] == pytest.approx(307.30)
     assert d['cached'] is False and 'GTPE_MIRROR' in d['mirror_error']
+    d = describe('dag-distance', root=tmp_path)                      # generated: no mirror
+    assert d['source_kind'] == 'generated' and d['mirror'] is None and 'mirror_error' not in d
+    assert d['directed'] is True and d['level'] == 'node-inductive'
     monkeypatch.delenv('GTPE_MIRROR')
     assert describe('cora', root=tmp_path)['source_kind'] == 'official'
+    assert describe('cora', root=tmp_path)['directed'] is False
     table = datasets_table(root=tmp_path).splitlines()
     header = table[0]
     assert header.split() == ['name', 'level', 'graphs', 'task', 'metric', 'splits',
                               '(train/val/test)', 'source', 'cached']
-    rows = table[2:7]
+    rows = table[2:9]
     assert [r.split()[0] for r in rows] == list_datasets()
     col = header.index('metric')                                   # aligned columns
-    assert [r[col:].split()[0] for r in rows] == ['mae', 'rocauc', 'ap', 'accuracy', 'accuracy']
+    assert [r[col:].split()[0] for r in rows] == ['mae', 'rocauc', 'ap', 'accuracy', 'accuracy',
+                                                  'accuracy', 'accuracy']
+    col = header.index('source')
+    assert [r[col:].split()[0] for r in rows] == ['official'] * 5 + ['generated'] * 2
+    assert rows[-1].split()[1] == 'node-inductive' and '3,000/500/500 ' in rows[-1]
     assert all(r.rstrip().endswith('no') for r in rows)

@@ -1,4 +1,6 @@
-"""Benchmark datasets for gtpe: ZINC (12k), ogbg-molhiv, Peptides-func, Cora, CiteSeer.
+"""Benchmark datasets for gtpe: ZINC (12k), ogbg-molhiv, Peptides-func, Cora, CiteSeer, and two
+directed datasets generated locally from a seed: ``sorting-networks`` (graph level) and
+``dag-distance`` (node level on many graphs, ``level='node-inductive'``).
 
 ``load_dataset(name)`` returns ``{'train', 'val', 'test'}`` PyG datasets equal to the official ones
 (PyG ``ZINC(subset=True)``, OGB ``ogbg-molhiv``, PyG ``LRGBDataset``, PyG ``Planetoid``), built from
@@ -51,8 +53,8 @@ _WHERE = {
 }
 
 
-_SUBMODULES = ('base', 'cache', 'catalog', 'errors', 'info', 'load', 'metrics', 'mirror', 'molhiv',
-               'peptides', 'planetoid', 'smiles', 'zinc')
+_SUBMODULES = ('base', 'cache', 'catalog', 'dag_distance', 'errors', 'info', 'load', 'metrics',
+               'mirror', 'molhiv', 'peptides', 'planetoid', 'smiles', 'sorting_networks', 'zinc')
 
 
 def __getattr__(name: str):

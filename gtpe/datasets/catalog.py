@@ -45,19 +45,23 @@ def read_manifest(folder: Path) -> dict | None:
 
 def describe(name: str, root: str | os.PathLike | None = None) -> dict:
     """JSON-able facts about ``name`` without loading it: registry values, the data folder, the
-    source in use and, when a processed cache exists, the counts it holds."""
+    source in use (``source_kind``: ``'mirror'``, ``'official'`` or, for a dataset generated from
+    a seed, ``'generated'``) and, when a processed cache exists, the counts it holds."""
     info = dataset_info(name)
     root = data_root(root)
     out = info.to_dict()
-    try:
-        mirror = mirror_root()
-        mirror_note = None
-    except DatasetError as e:
-        mirror, mirror_note = None, str(e)
-    out['source_kind'] = 'mirror' if mirror is not None else 'official'
-    out['mirror'] = str(mirror / info.mirror_dir) if mirror is not None else None
-    if mirror_note:
-        out['mirror_error'] = mirror_note
+    if info.generator:  # generated locally from a seed: the mirror plays no part
+        out['source_kind'], out['mirror'] = 'generated', None
+    else:
+        try:
+            mirror = mirror_root()
+            mirror_note = None
+        except DatasetError as e:
+            mirror, mirror_note = None, str(e)
+        out['source_kind'] = 'mirror' if mirror is not None else 'official'
+        out['mirror'] = str(mirror / info.mirror_dir) if mirror is not None else None
+        if mirror_note:
+            out['mirror_error'] = mirror_note
     out['data_dir'] = str(root / info.name)
     manifest = read_manifest(root / info.name / 'processed')
     data_file = root / info.name / 'processed' / DATA_FILE

@@ -1,5 +1,6 @@
 """Registry of the datasets gtpe can load: static facts (task, metric, input encoders, published
-counts) as :class:`DatasetInfo`, and name resolution with close-match suggestions (no torch import)."""
+counts; for the generated datasets the counts of the shipped seed) as :class:`DatasetInfo`, and
+name resolution with close-match suggestions (no torch import)."""
 from __future__ import annotations
 
 import difflib
@@ -21,10 +22,16 @@ class DatasetInfo:
     ``'ogb_atom'``/``'ogb_bond'`` (OGB's 9 atom / 3 bond features, ``*_in_dim`` = feature count),
     ``'linear'`` (float features, ``*_in_dim`` = feature count) or ``None`` (no edge features).
     ``num_tasks`` is the model's output dimension (the number of classes for ``'multiclass'``).
-    ``splits`` holds graphs per split (graph level) or nodes per mask (node level).
+    ``level``: ``'graph'`` (one target per graph), ``'node'`` (one big graph, targets per node,
+    splits by ``train_mask``/``val_mask``/``test_mask``) or ``'node-inductive'`` (targets per
+    node on many graphs; each split is a list of graphs and every node of them is scored).
+    ``splits`` holds graphs per split (graph and node-inductive level) or nodes per mask (node
+    level). ``directed``: ``edge_index`` lists each directed edge once, in its direction (not
+    symmetrised). ``generator``: the :mod:`gtpe.datasets` module that generates the dataset
+    locally from a seed (``''``: downloaded, or read from the mirror).
     """
     name: str
-    level: str                      # 'graph' | 'node'
+    level: str                      # 'graph' | 'node' | 'node-inductive'
     task: str                       # 'regression' | 'binary' | 'multilabel' | 'multiclass'
     metric: str                     # 'mae' | 'rocauc' | 'ap' | 'accuracy'
     higher_is_better: bool
@@ -42,6 +49,8 @@ class DatasetInfo:
     source: str = ''                # the official loader
     mirror_dir: str = ''            # sub-folder of $GTPE_MIRROR
     citation: str = ''
+    directed: bool = False          # edge_index holds directed edges, not symmetrised
+    generator: str = ''             # gtpe.datasets.<generator> builds it from a seed
 
     @property
     def avg_nodes(self) -> float:
@@ -99,6 +108,25 @@ _REGISTRY: dict[str, DatasetInfo] = {
         source="torch_geometric.datasets.Planetoid(root, 'CiteSeer')",
         mirror_dir='planetoid',
         citation='Yang et al., Revisiting Semi-Supervised Learning with Graph Embeddings, ICML 2016'),
+    'sorting-networks': DatasetInfo(
+        name='sorting-networks', level='graph', task='binary', metric='accuracy',
+        higher_is_better=True, num_tasks=1, node_input='sinusoid', node_in_dim=2,
+        edge_input=None, edge_in_dim=0,
+        num_graphs=5_800, splits={'train': 4_000, 'val': 600, 'test': 1_200},
+        num_node_features=2, num_edge_features=0, num_nodes=626_516, num_edges=1_170_911,
+        source='generated locally: gtpe.datasets.sorting_networks.build(seed=0)',
+        citation='Geisler et al., Transformers Meet Directed Graphs, ICML 2023',
+        directed=True, generator='sorting_networks'),
+    'dag-distance': DatasetInfo(
+        name='dag-distance', level='node-inductive', task='multiclass', metric='accuracy',
+        higher_is_better=True, num_tasks=6, node_input='embedding', node_in_dim=2,
+        edge_input=None, edge_in_dim=0,
+        num_graphs=4_000, splits={'train': 3_000, 'val': 500, 'test': 500},
+        num_node_features=1, num_edge_features=0, num_nodes=119_642, num_edges=238_879,
+        source='generated locally: gtpe.datasets.dag_distance.build(seed=0)',
+        citation='directed distances as in Geisler et al., Transformers Meet Directed Graphs, '
+                 'ICML 2023',
+        directed=True, generator='dag_distance'),
 }
 
 # Accepted spellings (compared after lower-casing and mapping '_' to '-').
@@ -106,6 +134,8 @@ _ALIASES = {
     'zinc-subset': 'zinc', 'zinc12k': 'zinc', 'zinc-12k': 'zinc',
     'molhiv': 'ogbg-molhiv', 'hiv': 'ogbg-molhiv',
     'peptidesfunc': 'peptides-func', 'peptides-functional': 'peptides-func',
+    'sorting-network': 'sorting-networks', 'sortingnetworks': 'sorting-networks',
+    'dag-distances': 'dag-distance', 'dagdistance': 'dag-distance',
 }
 
 

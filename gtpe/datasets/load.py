@@ -25,7 +25,8 @@ from .mirror import mirror_paths, mirror_root
 
 _SMILES_DATASETS = ('ogbg-molhiv', 'peptides-func')
 # wall time of a build from the mirror on a 2-core machine (datasets/README.md, "Build and load times")
-_BUILD_TIME = {'ogbg-molhiv': 'about a minute', 'peptides-func': 'one to two minutes'}
+_BUILD_TIME = {'ogbg-molhiv': 'about a minute', 'peptides-func': 'one to two minutes',
+               'sorting-networks': 'about 6-10 s', 'dag-distance': 'about a second'}
 
 log = logging.getLogger('gtpe.datasets')
 
@@ -37,10 +38,26 @@ def _gtpe_version() -> str:
     return getattr(gtpe, '__version__', '0')
 
 
+def _generator(name: str):
+    """The module that generates ``name`` locally (``None`` for downloaded datasets)."""
+    import importlib
+    module = dataset_info(name).generator
+    return importlib.import_module(f'{__package__}.{module}') if module else None
+
+
 def _source_key(name: str) -> tuple[str, dict | None, dict]:
-    """(kind, mirror files or None, cache key) for the current environment."""
+    """(kind, mirror files or None, cache key) for the current environment. Generated datasets:
+    kind ``'generated'``, keyed by the generator's version, seed and parameters and numpy's
+    version (its random streams); ``$GTPE_MIRROR`` plays no part."""
     key: dict[str, Any] = {'format': _cache.FORMAT_VERSION, 'gtpe': _gtpe_version(),
                            'dataset': name}
+    generator = _generator(name)
+    if generator is not None:
+        import numpy
+        key['source'] = 'generated'
+        key['generator'] = generator.cache_params()
+        key['numpy'] = numpy.__version__
+        return 'generated', None, key
     mirror = mirror_root()
     if mirror is not None:
         verify = os.environ.get('GTPE_MIRROR_VERIFY', '1').strip() != '0'
@@ -63,6 +80,8 @@ def _source_key(name: str) -> tuple[str, dict | None, dict]:
 def _build(name: str, kind: str, files: dict | None, folder: Path, progress: bool,
            resume_dir: Path | None = None) -> dict:
     from . import molhiv, peptides, planetoid, zinc
+    if kind == 'generated':
+        return _generator(name).build(progress=progress)
     if kind == 'mirror':
         if name == 'zinc':
             return zinc.build_mirror(files, progress)
@@ -101,6 +120,12 @@ def _stats(splits: dict) -> dict:
 def _build_notice(name: str, kind: str, folder: Path, reason: str) -> str:
     """One line saying that a (long, first-time) build starts: what, from where, into where."""
     info = dataset_info(name)
+    if kind == 'generated':
+        if reason == 'missing':
+            return (f'gtpe: generating {name} (gtpe.datasets.{info.generator}, seed '
+                    f'{_generator(name).SEED}) into {folder} (first time only, '
+                    f'{_BUILD_TIME[name]})')
+        return f'gtpe: regenerating {name} into {folder} ({reason}, {_BUILD_TIME[name]})'
     if kind == 'mirror':
         source = f'the mirror {mirror_root() / info.mirror_dir}'
         took = _BUILD_TIME.get(name, 'a few seconds')
@@ -168,12 +193,14 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
     """Load ``name`` as ``{'train', 'val', 'test'}`` PyG datasets.
 
     Sources: the offline mirror in ``$GTPE_MIRROR`` when set (files checked against their sha256),
-    else the official loaders (PyG ``ZINC``/``LRGBDataset``/``Planetoid``, OGB). The processed
-    result is cached under ``<root>/<name>/processed`` and rebuilt when stale or corrupt; ``root``
-    is the argument, else ``$GTPE_DATA_ROOT``, else ``$XDG_CACHE_HOME/gtpe`` (default
-    ``~/.cache/gtpe``), never the current folder (:func:`data_root`). Node-level datasets return
+    else the official loaders (PyG ``ZINC``/``LRGBDataset``/``Planetoid``, OGB);
+    ``sorting-networks`` and ``dag-distance`` are generated locally from their fixed seed (no
+    download; the mirror plays no part). The processed result is cached under
+    ``<root>/<name>/processed`` and rebuilt when stale or corrupt; ``root`` is the argument, else
+    ``$GTPE_DATA_ROOT``, else ``$XDG_CACHE_HOME/gtpe`` (default ``~/.cache/gtpe``), never the
+    current folder (:func:`data_root`). Node-level datasets return
     the same one-graph dataset (with ``train_mask``/``val_mask``/``test_mask``) under all three
-    keys.
+    keys; graph-level and node-inductive ones one dataset of graphs per split.
 
     ``pre_transform`` (a transform, a list of them or a ``Compose``) runs once over all graphs via
     ``gtpe.precompute(..., cache_dir=<root>/<name>/pe)``; ``transform`` runs on every access.

@@ -62,7 +62,10 @@ and the evaluations (tqdm on a terminal; elsewhere a plain line at least every
 
 Losses (by the dataset's task): regression -> L1 (ZINC MAE); binary/multilabel ->
 ``BCEWithLogits`` with NaN labels masked out; multiclass -> cross entropy (on the split's node mask
-for node-level datasets).
+for node-level datasets, over every node of the batch's graphs for node-inductive ones). The
+epoch's ``train_loss`` averages the batch losses weighted by graphs (graph level), nodes
+(node-inductive) or one per batch (node level: one graph). Evaluation scores every graph of a
+split (graph level), every node of its graphs (node-inductive) or the split's mask (node level).
 """
 from __future__ import annotations
 
@@ -168,8 +171,9 @@ def load_data(config: ExperimentConfig, progress: bool = True,
     """``(DatasetInfo, {'train','val','test'})`` with the model's PE transforms precomputed.
 
     Without ``dataset.limit`` the transforms go to :func:`gtpe.datasets.load_dataset` as
-    ``pre_transform`` (cached there). With a limit (graph-level datasets) only the first ``limit``
-    graphs of each split are kept and the transforms are computed for them alone with
+    ``pre_transform`` (cached there). With a limit (graph-level and node-inductive datasets; a
+    node-level dataset is one graph and ignores it) only the first ``limit`` graphs of each split
+    are kept and the transforms are computed for them alone with
     :func:`gtpe.precompute` (cached under ``<root>/<name>/pe``).
 
     ``stats`` (a dict), when given, is filled with :func:`gtpe.precompute`'s ``stats`` summed
@@ -232,11 +236,14 @@ def _check_metric_defined(info: Any, split: str, graphs: list, limit: int) -> No
 
 
 def build_model(config: ExperimentConfig, info: Any) -> torch.nn.Module:
-    """:class:`gtpe.models.GPSModel` sized for the dataset described by ``info``."""
+    """:class:`gtpe.models.GPSModel` sized for the dataset described by ``info``: pooled output
+    for graph-level datasets, per node otherwise; ``directed=info.directed`` (a directed
+    dataset's direction-blind layers get the symmetrised graph)."""
     from gtpe.models import GPSModel
     return GPSModel(config.model, out_dim=info.num_tasks, node_input=info.node_input,
                     node_in_dim=info.node_in_dim, edge_input=info.edge_input,
-                    edge_in_dim=info.edge_in_dim, graph_level=info.level == 'graph')
+                    edge_in_dim=info.edge_in_dim, graph_level=info.level == 'graph',
+                    directed=bool(getattr(info, 'directed', False)))
 
 
 def _fused_devices() -> set[str]:
@@ -403,13 +410,16 @@ def _write_metrics_csv(path: Path, rows: list[dict]) -> None:
 
 
 class _Evaluator:
-    """Metric of ``model`` on one split (:func:`score`); sharded round-robin over ranks when
-    distributed. ``finite`` tells whether the last call's predictions were all finite."""
+    """Metric of ``model`` on one split (:func:`score`); sharded round-robin over ranks (by
+    graph) when distributed. Node level: the split's mask of the one graph; node-inductive: every
+    node of the split's graphs, in graph order. ``finite`` tells whether the last call's
+    predictions were all finite."""
 
     def __init__(self, dataset, split: str, info, batch_size: int, num_workers: int, env):
         from torch_geometric.loader import DataLoader
         self.split, self.info, self.env = split, info, env
         self.node_level = info.level == 'node'
+        self.inductive = info.level == 'node-inductive'
         n = len(dataset)
         self.indices = list(range(env.rank, n, env.world_size)) if not self.node_level else None
         ds = dataset if self.node_level else torch.utils.data.Subset(dataset, self.indices)
@@ -423,6 +433,7 @@ class _Evaluator:
         ys, preds = [], []
         it = progress_bar(self.loader, desc=f'eval {self.split}', unit='batch',
                           enabled=progress, leave=False, dynamic_ncols=True)
+        sizes = []  # rows per graph (node-inductive: its nodes; graph level: 1)
         for batch in it:
             batch = batch.to(self.env.device)
             out = model(batch)
@@ -434,12 +445,20 @@ class _Evaluator:
                 y = y.reshape(out.shape)
             ys.append(y.detach().cpu())
             preds.append(out.detach().float().cpu())
+            if self.inductive:
+                sizes.append(torch.bincount(batch.batch, minlength=batch.num_graphs).cpu())
         y_true, y_pred = torch.cat(ys), torch.cat(preds)
         if self.env.distributed and not self.node_level:
-            parts = D.all_gather_objects((self.indices, y_true, y_pred))
-            order = torch.tensor([i for p in parts for i in p[0]]).argsort()
-            y_true = torch.cat([p[1] for p in parts])[order]
-            y_pred = torch.cat([p[2] for p in parts])[order]
+            sizes_t = torch.cat(sizes) if self.inductive else torch.ones(len(self.indices),
+                                                                         dtype=torch.long)
+            parts = D.all_gather_objects((self.indices, sizes_t, y_true, y_pred))
+            graph_ids = torch.tensor([i for p in parts for i in p[0]])
+            sizes_t = torch.cat([p[1] for p in parts])
+            # every graph's rows in ascending graph order
+            row_graph = torch.repeat_interleave(graph_ids, sizes_t)
+            order = torch.sort(row_graph, stable=True).indices
+            y_true = torch.cat([p[2] for p in parts])[order]
+            y_pred = torch.cat([p[3] for p in parts])[order]
         self.finite = bool(torch.isfinite(y_pred).all())
         return score(self.info.metric, y_true, y_pred)
 
@@ -602,7 +621,8 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
                             else 'gradient norm is not finite'}
                 break
             optimizer.step()
-            n = batch.num_graphs if info.level == 'graph' else 1
+            n = (batch.num_graphs if info.level == 'graph' else
+                 batch.num_nodes if info.level == 'node-inductive' else 1)
             total += loss_value * n
             count += n
             bar.set_postfix_str(f'loss {total / max(count, 1):.4f}', refresh=False)
