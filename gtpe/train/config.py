@@ -49,7 +49,8 @@ class DatasetConfig:
         name: a name from ``gtpe datasets`` (e.g. ``zinc``).
         root: data root (default: ``$GTPE_DATA_ROOT`` or ``./datasets``).
         limit: optional cap on the number of graphs per split (first ``limit`` graphs of each
-            split; for smoke runs and tests). Ignored for node-level datasets.
+            split; for smoke runs and tests; on node-inductive datasets it counts graphs too).
+            Ignored for node-level datasets (one graph).
     """
     name: str
     root: str | None = None

@@ -326,7 +326,8 @@ def _param_count(model_json: str, dataset: str) -> int:
     with torch.random.fork_rng(devices=[]):  # some layers draw at construction: keep the RNG
         model = GPSModel(config, out_dim=info.num_tasks, node_input=info.node_input,
                          node_in_dim=info.node_in_dim, edge_input=info.edge_input,
-                         edge_in_dim=info.edge_in_dim, graph_level=info.level == 'graph')
+                         edge_in_dim=info.edge_in_dim, graph_level=info.level == 'graph',
+                         directed=info.directed)
     return sum(p.numel() for p in model.parameters())
 
 
