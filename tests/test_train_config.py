@@ -236,3 +236,26 @@ def test_experiment_hash_ignores_seed_and_machine_keys_only():
         assert changed(**other) != h, other
     assert experiment_hash(base, ignore=()) != experiment_hash({**base, 'train': {
         **base['train'], 'seed': base['train']['seed'] + 1}}, ignore=())
+
+
+def test_fields_added_later_keep_old_configs_identity():
+    """Keys added after configs were saved (model.pe.rwse.undirected, model.pe.maglap.phase) are
+    left out of to_dict at their default: a config saved by an older gtpe (without them) keeps
+    its experiment hash, so `--resume` and `gtpe bench` folders made before still match."""
+    from gtpe.train.config import experiment_hash
+    from gtpe.transforms import AddRWSE
+    old = load_config(REPO / 'configs/zinc/gps+rwse.yaml').to_dict()
+    old['model']['pe']['maglap'] = {'k': 8, 'q': 0.25, 'dim': 16}   # as an older gtpe saved it
+    assert 'undirected' not in old['model']['pe']['rwse']
+    again = ExperimentConfig.from_dict(old).to_dict()
+    assert again == old and experiment_hash(again) == experiment_hash(old)
+    new = ExperimentConfig.from_dict(old)
+    new.model.pe.rwse.undirected = True
+    new.model.pe.maglap.phase = 'invariant'
+    d = new.to_dict()
+    assert d['model']['pe']['rwse']['undirected'] is True
+    assert d['model']['pe']['maglap']['phase'] == 'invariant'
+    assert experiment_hash(d) != experiment_hash(old)
+    assert ExperimentConfig.from_dict(d) == new
+    # the transform's precompute cache key is unchanged too (its state holds no default flag)
+    assert 'undirected' not in vars(AddRWSE(20)) and vars(AddRWSE(20, undirected=True))['undirected']

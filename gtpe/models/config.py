@@ -46,6 +46,25 @@ NORMS = ("batch", "layer", None)
 POOLS = ("mean", "add")
 
 
+# Metadata of fields added after configs were first saved: ``to_dict`` leaves them out while
+# they hold their default, so a config written by an older gtpe keeps its identity (its
+# experiment hash, the resume check and the precompute cache key do not change).
+OMIT_IF_DEFAULT = {"omit_if_default": True}
+
+
+def plain_dict(obj: Any) -> Any:
+    """``dataclasses.asdict`` without the :data:`OMIT_IF_DEFAULT` fields that hold their default."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {
+            f.name: plain_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not (f.metadata.get("omit_if_default") and getattr(obj, f.name) == f.default)
+        }
+    if isinstance(obj, list):
+        return [plain_dict(v) for v in obj]
+    return obj
+
+
 class ConfigError(ValueError):
     """An invalid model configuration value or key."""
 
@@ -80,7 +99,8 @@ class RWSEConfig:
 
     walk_length: int = 20
     dim: int = 16
-    undirected: bool = False  # walk on the symmetrised graph (AddRWSE(undirected=True))
+    # walk on the symmetrised graph (AddRWSE(undirected=True))
+    undirected: bool = field(default=False, metadata=OMIT_IF_DEFAULT)
 
     def __post_init__(self) -> None:
         _pos_int("RWSEConfig", "walk_length", self.walk_length)
@@ -91,7 +111,9 @@ class RWSEConfig:
 
 @dataclass
 class LapPEConfig:
-    """Laplacian PE: ``AddLapPE(k, normalization)`` + ``LapPEEncoder(k, dim, encoder)``."""
+    """Laplacian PE: ``AddLapPE(k, normalization)`` + ``LapPEEncoder(k, dim, encoder)``;
+    ``encoder`` is ``'deepset'``, ``'transformer'`` or ``'signnet'`` (SignNet, Lim et al. 2023:
+    :class:`~gtpe.nn.encoders.SignNetEncoder`, a GIN over the graph, sign invariant)."""
 
     k: int = 8
     dim: int = 16
@@ -106,9 +128,10 @@ class LapPEConfig:
             raise ConfigError(
                 f"LapPEConfig.normalization must be 'sym' or None, got {self.normalization!r}"
             )
-        if self.encoder not in ("deepset", "transformer"):
+        if self.encoder not in ("deepset", "transformer", "signnet"):
             raise ConfigError(
-                f"LapPEConfig.encoder must be 'deepset' or 'transformer', got {self.encoder!r}"
+                f"LapPEConfig.encoder must be 'deepset', 'transformer' or 'signnet', "
+                f"got {self.encoder!r}"
             )
 
 
@@ -130,7 +153,7 @@ class MagLapPEConfig:
     k: int = 8
     q: float | list[float] = 0.25
     dim: int = 16
-    phase: str = "canonical"
+    phase: str = field(default="canonical", metadata=OMIT_IF_DEFAULT)
 
     def __post_init__(self) -> None:
         _pos_int("MagLapPEConfig", "k", self.k)
@@ -319,5 +342,6 @@ class GPSModelConfig:
         return _from_dict(cls, d, "GPSModelConfig")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (``from_dict(to_dict())`` round-trips)."""
-        return dataclasses.asdict(self)
+        """Plain-dict form (``from_dict(to_dict())`` round-trips; fields marked
+        :data:`OMIT_IF_DEFAULT` are left out at their default)."""
+        return plain_dict(self)

@@ -173,7 +173,11 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
 def to_dict(obj: Any) -> Any:
     """Dataclass -> plain data that :func:`from_dict` reads back (tuples become lists)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
+        # fields marked omit_if_default (gtpe.models.config.OMIT_IF_DEFAULT) are left out at
+        # their default, so configs saved before they existed keep their identity
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if f.init and not (f.metadata.get('omit_if_default')
+                                   and getattr(obj, f.name) == f.default)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

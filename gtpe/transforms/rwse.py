@@ -248,12 +248,14 @@ class AddRWSE(BaseTransform):
         undirected (bool): walk on the symmetrised graph instead of along edge directions,
             with :class:`AddLapPE`'s rule: :math:`A^s_{uv} = (A_{uv} + A_{vu}) / 2` where both
             directions exist, else :math:`A_{uv} + A_{vu}` (an undirected input is left
-            unchanged). On a directed acyclic graph the directed walk never returns, so its
+            unchanged); unlike :class:`AddLapPE` a self-loop is kept (a step that stays, as
+            in the directed walk). On a directed acyclic graph the directed walk never returns, so its
             encoding is all zero; this is the structural encoding graph transformers use on
             directed data. (default ``False``)
     """
     supports_batch = True
     batch_keys = ('edge_index', 'edge_weight')  # what forward reads (gtpe.precompute)
+    undirected = False
 
     def __init__(self, walk_length: int = 20, method: str = 'auto',
                  exact_max_nodes: int = 5_000, num_walks: int = 32, seed: int = 0,
@@ -261,7 +263,8 @@ class AddRWSE(BaseTransform):
         name = 'AddRWSE'
         if undirected is not True and undirected is not False:
             raise ValueError(f"AddRWSE: undirected must be a bool, got {undirected!r}")
-        self.undirected = undirected
+        if undirected:  # the default lives on the class: precompute cache keys made before
+            self.undirected = True  # this option existed stay valid
         self.walk_length = check_int(walk_length, 'walk_length', name)
         if method not in _METHODS:
             raise ValueError(f"AddRWSE: method must be one of {_METHODS}, got {method!r}")
