@@ -10,12 +10,14 @@ from gtpe.transforms import (
     AddMagLapPE,
     AddRRWP,
     AddRWSE,
+    AddSPD,
     precompute,
 )
 from gtpe.transforms._validate import check_edge_index, check_int
 
-TRANSFORMS = [AddRWSE(3), AddRRWP(3), AddExpanderEdges(2), AddLapPE(2), AddMagLapPE(2)]
-IDS = ['rwse', 'rrwp', 'expander', 'lap', 'maglap']
+TRANSFORMS = [AddRWSE(3), AddRRWP(3), AddExpanderEdges(2), AddLapPE(2), AddMagLapPE(2),
+              AddSPD(3)]
+IDS = ['rwse', 'rrwp', 'expander', 'lap', 'maglap', 'spd']
 
 
 def ring(n):
@@ -104,6 +106,7 @@ def test_precompute_names_the_dataset_graph_with_a_bad_node_id():
     (lambda v: AddRWSE(v), 'walk_length'),
     (lambda v: AddRWSE(3, num_walks=v), 'num_walks'),
     (lambda v: AddRRWP(v), 'walk_length'),
+    (lambda v: AddSPD(v), 'max_dist'),
     (lambda v: AddExpanderEdges(v), 'degree'),
     (lambda v: AddExpanderEdges(2, max_retries=v), 'max_retries'),
 ])

@@ -11,6 +11,7 @@ from gtpe.transforms.maglap import AddMagLapPE
 from gtpe.transforms.precompute import precompute
 from gtpe.transforms.rrwp import AddRRWP
 from gtpe.transforms.rwse import AddRWSE
+from gtpe.transforms.spd import AddSPD
 
 __all__ = [
     'AddExpanderEdges',
@@ -18,5 +19,6 @@ __all__ = [
     'AddMagLapPE',
     'AddRRWP',
     'AddRWSE',
+    'AddSPD',
     'precompute',
 ]
