@@ -45,6 +45,7 @@ ENCODINGS = {
     "rwse": PEConfig(rwse=RWSE),
     "lap-deepset": PEConfig(lap=LAP),
     "lap-transformer": PEConfig(lap=dataclasses.replace(LAP, encoder="transformer")),
+    "lap-signnet": PEConfig(lap=dataclasses.replace(LAP, encoder="signnet")),
     "maglap": PEConfig(maglap=MAGLAP),
     "rrwp": PEConfig(rrwp=RRWP),
     "all": PEConfig(rwse=RWSE, lap=LAP, maglap=MAGLAP, rrwp=RRWP),
@@ -282,7 +283,7 @@ def test_config_from_dict_round_trip_and_errors():
         ({"pool": "max"}, "pool must be one of"),
         ({"norm": "group"}, "norm must be one of"),
         ({"local": None, "attn": None}, "cannot both be None"),
-        ({"pe": {"lap": {"encoder": "signnet"}}}, "'deepset' or 'transformer'"),
+        ({"pe": {"lap": {"encoder": "signet"}}}, "'deepset', 'transformer' or 'signnet'"),
         ({"pe": {"maglap": {"q": -1}}}, "non-negative"),
     ]
     for kw, msg in bad:

@@ -116,8 +116,8 @@ def test_lappe_errors_and_repr():
     enc = LapPEEncoder(4, 8)
     with pytest.raises(ValueError, match="AddLapPE"):
         enc(torch.randn(5, 3), torch.randn(5, 3))
-    with pytest.raises(ValueError, match="'deepset' or 'transformer'"):
-        LapPEEncoder(4, 8, encoder="signnet")
+    with pytest.raises(ValueError, match="'deepset', 'transformer' or 'signnet'"):
+        LapPEEncoder(4, 8, encoder="signet")
     assert "encoder=" in repr(enc)
 
 

@@ -13,7 +13,7 @@ Example (``model:`` section of an experiment YAML)::
     pool: mean           # mean | add
     pe:
       rwse: {walk_length: 20, dim: 16}
-      lap: {k: 8, dim: 16, normalization: sym, encoder: deepset}
+      lap: {k: 8, dim: 16, normalization: sym, encoder: deepset}   # encoder: deepset | transformer | signnet
       maglap: {k: 8, q: [0.0, 0.1, 0.25], dim: 16, phase: invariant}   # q: a number or a list
 
 :meth:`GPSModelConfig.from_dict` builds a config from such a mapping (unknown keys are

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.nn import Linear, ModuleList, ReLU, Sequential
+from torch_geometric.utils import to_undirected
 
 from gtpe.models.config import ConfigError, GPSModelConfig
 from gtpe.nn.encoders import (
@@ -111,8 +112,11 @@ class GPSModel(torch.nn.Module):
             (``edge_index`` concatenated with its flip, edge features duplicated; built once per
             forward), and so does everything else in the layers that reads the edges (Exphormer's
             edge attention, GRIT's edge merge and degrees), so that such a model sees direction
-            only through its PEs; ``'dirgine'`` (and ``local=None``) get the edges as given.
-            The MagLapPE encoder always gets the given (directed) edges.  ``False`` (default):
+            only through its PEs; with ``'dirgine'`` or ``local=None`` every layer reads the
+            edges as given (so Exphormer's and GRIT's attention then see direction too).
+            The MagLapPE encoder always gets the given (directed) edges; the LapPE encoder
+            ``'signnet'`` always gets the symmetrised graph without duplicate edges (the graph
+            whose Laplacian :class:`~gtpe.transforms.AddLapPE` takes).  ``False`` (default):
             edges are used as given everywhere.
 
     ``forward(data)`` reads ``x, edge_index, edge_attr, batch`` and the PE attributes written by
@@ -252,12 +256,20 @@ class GPSModel(torch.nn.Module):
         if self.rwse_encoder is not None:
             parts.append(self.rwse_encoder(_need(data, "rwse", "gtpe.transforms.AddRWSE")))
         if self.lap_encoder is not None:
+            lap_edges = None
+            if self.lap_encoder.encoder == "signnet":  # SignNet's GIN runs on AddLapPE's graph
+                lap_edges = (
+                    to_undirected(edge_index, num_nodes=x_in.size(0))
+                    if self.directed
+                    else edge_index
+                )
             parts.append(
                 self.lap_encoder(
                     _need(data, "lap_pe", "gtpe.transforms.AddLapPE"),
                     _need(data, "lap_eigval", "gtpe.transforms.AddLapPE"),
                     batch,
                     num_graphs,
+                    edge_index=lap_edges,
                 )
             )
         if self.maglap_encoder is not None:

@@ -18,6 +18,7 @@ from gtpe.nn.encoders import (
     OGBBondEncoder,
     RRWPEncoder,
     RWSEEncoder,
+    SignNetEncoder,
     SinusoidEncoder,
 )
 from gtpe.nn.gps import GPSLayer
@@ -40,5 +41,6 @@ __all__ = [
     "OGBBondEncoder",
     "RRWPEncoder",
     "RWSEEncoder",
+    "SignNetEncoder",
     "SinusoidEncoder",
 ]

@@ -1,9 +1,10 @@
 """Positional/structural-encoding encoders and input feature encoders.
 
 In :class:`gtpe.models.GPSModel` (as in GraphGPS) the node input encoder produces
-``channels - sum(pe dims)`` features and the outputs of :class:`LapPEEncoder`,
-:class:`MagLapPEEncoder` and :class:`RWSEEncoder` (``dim`` each) are concatenated to it, giving
-``channels``; :class:`RRWPEncoder` instead *adds* its ``channels``-dim node term (as GRIT).
+``channels - sum(pe dims)`` features and the outputs of :class:`LapPEEncoder` (DeepSet,
+Transformer or :class:`SignNetEncoder`), :class:`MagLapPEEncoder` and :class:`RWSEEncoder`
+(``dim`` each) are concatenated to it, giving ``channels``; :class:`RRWPEncoder` instead *adds*
+its ``channels``-dim node term (as GRIT).
 """
 
 from .features import (
@@ -18,6 +19,7 @@ from .lap import EigenSetEncoder, LapPEEncoder
 from .maglap import MagLapPEEncoder
 from .rrwp import RRWPEncoder
 from .rwse import RWSEEncoder
+from .signnet import SignNetEncoder
 
 __all__ = [
     "EigenSetEncoder",
@@ -30,5 +32,6 @@ __all__ = [
     "OGBBondEncoder",
     "RRWPEncoder",
     "RWSEEncoder",
+    "SignNetEncoder",
     "SinusoidEncoder",
 ]

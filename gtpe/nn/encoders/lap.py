@@ -8,7 +8,10 @@ from torch.nn import Linear, ReLU, Sequential
 
 from gtpe.nn.ops import scatter_max
 
-__all__ = ["EigenSetEncoder", "LapPEEncoder", "padding_mask"]
+__all__ = ["LAP_ENCODERS", "EigenSetEncoder", "LapPEEncoder", "padding_mask"]
+
+#: the ``encoder`` choices of :class:`LapPEEncoder` (and ``LapPEConfig.encoder``)
+LAP_ENCODERS = ("deepset", "transformer", "signnet")
 
 
 def padding_mask(vec: Tensor, batch: Tensor | None = None, num_graphs: int | None = None) -> Tensor:
@@ -21,6 +24,8 @@ def padding_mask(vec: Tensor, batch: Tensor | None = None, num_graphs: int | Non
     a = torch.nan_to_num(vec, nan=0.0).abs()
     if a.dim() == 3:
         a = a.amax(dim=-1)
+    if a.size(0) == 0:  # no nodes: nothing to reduce
+        return torch.zeros(a.shape, dtype=torch.bool, device=a.device)
     if batch is None:
         return (a.amax(dim=0, keepdim=True) == 0).expand_as(a)
     if num_graphs is None:
@@ -136,19 +141,28 @@ class LapPEEncoder(torch.nn.Module):
     from :class:`gtpe.transforms.AddLapPE`) into ``[N, dim]``, as GraphGPS' ``LapPE``
     (Rampášek et al., 2022; Dwivedi et al., 2020; Kreuzer et al., 2021).
 
-    Each node has ``k`` tokens :math:`(\mathbf{u}_j[i], \lambda_j)` encoded by a DeepSet or a
-    Transformer (:class:`EigenSetEncoder`).  Padded columns (graphs with ``N <= k``, all-zero
-    columns) are masked.  In training, the sign of every eigenvector column is flipped at random
-    once per mini-batch (:math:`\mathbf{u}_j \mapsto s_j\mathbf{u}_j`, :math:`s_j\in\{\pm1\}`);
-    in eval no flip is made.  ``sign_invariant=True`` makes the encoder itself sign invariant.
+    With ``'deepset'`` / ``'transformer'`` each node has ``k`` tokens
+    :math:`(\mathbf{u}_j[i], \lambda_j)` encoded by a DeepSet or a Transformer
+    (:class:`EigenSetEncoder`).  Padded columns (graphs with ``N <= k``, all-zero columns) are
+    masked.  In training, the sign of every eigenvector column is flipped at random once per
+    mini-batch (:math:`\mathbf{u}_j \mapsto s_j\mathbf{u}_j`, :math:`s_j\in\{\pm1\}`); in
+    eval no flip is made.  ``sign_invariant=True`` makes the token encoder itself sign invariant.
+
+    With ``'signnet'`` the encoder is :class:`~gtpe.nn.encoders.signnet.SignNetEncoder` (Lim et
+    al., 2023): a GIN :math:`\phi` over the graph applied to :math:`\pm\mathbf{u}_j`, summed,
+    and an MLP :math:`\rho` over the ``k`` results.  It is exactly sign invariant, so no random
+    flips are made (``sign_flip`` is ignored and no random numbers are drawn), and ``forward``
+    needs the graph: ``edge_index=`` (the undirected graph the eigenvectors were computed on).
 
     Args:
         k: number of eigenvectors (``AddLapPE(k)``).
         dim: output size.
-        encoder: ``'deepset'`` or ``'transformer'``.
-        hidden, layers, heads: token network sizes (``hidden`` defaults to ``2 * dim``).
-        sign_flip: random sign flips in training.
-        sign_invariant: SignNet-style symmetrisation.
+        encoder: ``'deepset'``, ``'transformer'`` or ``'signnet'``.
+        hidden, layers, heads: token network sizes (``hidden`` defaults to ``2 * dim``); for
+            ``'signnet'`` the width and number of GIN layers of :math:`\phi` (``heads`` unused).
+        sign_flip: random sign flips in training (not with ``'signnet'``).
+        sign_invariant: SignNet-style symmetrisation of the token map (``'signnet'`` is sign
+            invariant anyway).
     """
 
     def __init__(
@@ -165,8 +179,22 @@ class LapPEEncoder(torch.nn.Module):
         super().__init__()
         if k < 1 or dim < 1:
             raise ValueError(f"LapPEEncoder: k ({k}) and dim ({dim}) must be positive")
-        self.k, self.dim, self.sign_flip = k, dim, sign_flip
-        self.net = EigenSetEncoder(2, dim, encoder, hidden, layers, heads, sign_invariant)
+        if encoder not in LAP_ENCODERS:
+            raise ValueError(
+                f"LapPEEncoder: encoder must be 'deepset', 'transformer' or 'signnet', "
+                f"got {encoder!r}"
+            )
+        self.k, self.dim, self.encoder = k, dim, encoder
+        self.net: torch.nn.Module
+        if encoder == "signnet":
+            # imported here: signnet.py imports padding_mask from this module
+            from gtpe.nn.encoders.signnet import SignNetEncoder
+
+            self.sign_flip, self.sign_invariant = False, True
+            self.net = SignNetEncoder(k, dim, hidden=hidden, layers=layers)
+        else:
+            self.sign_flip, self.sign_invariant = sign_flip, sign_invariant
+            self.net = EigenSetEncoder(2, dim, encoder, hidden, layers, heads, sign_invariant)
 
     def reset_parameters(self) -> None:
         self.net.reset_parameters()
@@ -177,7 +205,17 @@ class LapPEEncoder(torch.nn.Module):
         lap_eigval: Tensor,
         batch: Tensor | None = None,
         num_graphs: int | None = None,
+        edge_index: Tensor | None = None,
     ) -> Tensor:
+        """``lap_pe [N, k]``, ``lap_eigval [N, k]``, ``batch [N]`` (optional), ``edge_index
+        [2, E]`` (needed by ``'signnet'``, ignored by the others) -> ``[N, dim]``."""
+        if self.encoder == "signnet":
+            if edge_index is None:
+                raise ValueError(
+                    "LapPEEncoder(encoder='signnet') needs the graph: "
+                    "forward(..., edge_index=data.edge_index)"
+                )
+            return self.net(lap_pe, lap_eigval, edge_index, batch, num_graphs)
         if lap_pe.dim() != 2 or lap_pe.size(1) != self.k or lap_eigval.shape != lap_pe.shape:
             raise ValueError(
                 f"LapPEEncoder: expected lap_pe and lap_eigval of shape [N, {self.k}], "
@@ -194,6 +232,6 @@ class LapPEEncoder(torch.nn.Module):
     def __repr__(self) -> str:
         return (
             f"{self.__class__.__name__}(k={self.k}, dim={self.dim}, "
-            f"encoder={self.net.encoder!r}, sign_flip={self.sign_flip}, "
-            f"sign_invariant={self.net.sign_invariant})"
+            f"encoder={self.encoder!r}, sign_flip={self.sign_flip}, "
+            f"sign_invariant={self.sign_invariant})"
         )
