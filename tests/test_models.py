@@ -32,7 +32,7 @@ def _one_thread():
 
 
 LOCALS = ["gine", "dirgine", "gatedgcn", None]
-ATTNS = ["full", "linear", "exphormer", "grit", None]
+ATTNS = ["full", "linear", "exphormer", "grit", "gt", None]
 # PE settings shared by every encoding below, so that one prepared batch serves them all
 RWSE, LAP, MAGLAP = (
     RWSEConfig(walk_length=6, dim=4),
@@ -145,7 +145,7 @@ def test_every_combination_trains_a_step(local, attn):
 def test_node_level_linear_input_without_edge_features():
     torch.manual_seed(0)
     graphs = [Data(x=torch.randn(g.num_nodes, 11), edge_index=g.edge_index) for g in molecules()]
-    for attn in ("full", "exphormer", "grit"):
+    for attn in ("full", "exphormer", "grit", "gt"):
         cfg = GPSModelConfig(
             channels=16,
             num_layers=2,

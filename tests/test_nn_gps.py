@@ -23,7 +23,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-ATTNS = ["full", "linear", "exphormer", "grit", None]
+ATTNS = ["full", "linear", "exphormer", "grit", "gt", None]
 
 
 def random_batch(sizes, C, seed=0, dtype=torch.float32, edge_dim=None):
@@ -310,7 +310,7 @@ def test_gpslayer_gradients_reach_every_parameter(local, attn):
 def test_gpslayer_state_is_carried_between_layers():
     C = 16
     d = random_batch([5, 7], C)
-    for attn, key in (("exphormer", "virtual_x"), ("grit", "pair_attr")):
+    for attn, key in (("exphormer", "virtual_x"), ("grit", "pair_attr"), ("gt", "edge_attr")):
         l1 = GPSLayer(C, local=None, attn=attn).to(DEVICE).eval()
         l2 = GPSLayer(C, local=None, attn=attn).to(DEVICE).eval()
         state = {}

@@ -5,7 +5,7 @@ Example (``model:`` section of an experiment YAML)::
     channels: 64
     num_layers: 4
     local: gine          # gine | dirgine | gatedgcn | none
-    attn: full           # full | linear | exphormer | grit | none
+    attn: full           # full | linear | exphormer | grit | gt | none
     heads: 4
     dropout: 0.0
     attn_dropout: 0.0
@@ -41,7 +41,7 @@ __all__ = [
 
 LOCALS = ("gine", "dirgine", "gatedgcn", None)
 PHASES = ("canonical", "invariant")
-ATTNS = ("full", "linear", "exphormer", "grit", None)
+ATTNS = ("full", "linear", "exphormer", "grit", "gt", None)
 NORMS = ("batch", "layer", None)
 POOLS = ("mean", "add")
 

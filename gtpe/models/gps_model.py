@@ -111,9 +111,9 @@ class GPSModel(torch.nn.Module):
             direction-blind locals (``'gine'``, ``'gatedgcn'``) get the symmetrised graph
             (``edge_index`` concatenated with its flip, edge features duplicated; built once per
             forward), and so does everything else in the layers that reads the edges (Exphormer's
-            edge attention, GRIT's edge merge and degrees), so that such a model sees direction
-            only through its PEs; with ``'dirgine'`` or ``local=None`` every layer reads the
-            edges as given (so Exphormer's and GRIT's attention then see direction too).
+            and GT's edge attention, GRIT's edge merge and degrees), so that such a model sees
+            direction only through its PEs; with ``'dirgine'`` or ``local=None`` every layer reads the
+            edges as given (so Exphormer's, GT's and GRIT's attention then see direction too).
             The MagLapPE encoder always gets the given (directed) edges; the LapPE encoder
             ``'signnet'`` always gets the symmetrised graph without duplicate edges (the graph
             whose Laplacian :class:`~gtpe.transforms.AddLapPE` takes).  ``False`` (default):
@@ -160,8 +160,8 @@ class GPSModel(torch.nn.Module):
         C, pe = config.channels, config.pe
 
         self.node_encoder = _feature_encoder(node_input, node_in_dim, C - pe.concat_dim, "node")
-        # Edge features are read by GINE/GatedGCN, Exphormer and (merged into the pairs) GRIT.
-        uses_edges = config.local is not None or config.attn in ("exphormer", "grit")
+        # Edge features are read by GINE/GatedGCN, Exphormer, GT and (merged into the pairs) GRIT.
+        uses_edges = config.local is not None or config.attn in ("exphormer", "grit", "gt")
         self.edge_encoder = (
             _feature_encoder(edge_input, edge_in_dim, C, "edge") if uses_edges else None
         )
@@ -215,7 +215,9 @@ class GPSModel(torch.nn.Module):
     def _attn_kwargs(self, i: int) -> dict[str, Any] | None:
         """Constructor arguments of layer ``i``'s attention: no parameters that can get no
         gradient (Exphormer's virtual-node embedding only in the first layer, later layers
-        continue from ``state['virtual_x']``; no pair output in the last GRIT layer)."""
+        continue from ``state['virtual_x']``; no pair output in the last GRIT layer; GT updates
+        the edge features, as the paper, in every layer but the last, whose edge output nobody
+        reads, and not beside GatedGCN, which updates them itself)."""
         attn, last = self.config.attn, self.config.num_layers - 1
         if attn == "exphormer":
             return {
@@ -224,6 +226,12 @@ class GPSModel(torch.nn.Module):
             }
         if attn == "grit" and i == last:
             return {"update_pairs": False}
+        if attn == "gt":
+            edges = self.edge_encoder is not None
+            return {
+                "edge_dim": self.config.channels if edges else None,
+                "update_edges": edges and i < last and self.config.local != "gatedgcn",
+            }
         return None
 
     def reset_parameters(self) -> None:

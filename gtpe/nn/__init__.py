@@ -4,11 +4,17 @@
 * :class:`GINE`, :class:`DirGINE`, :class:`GatedGCN` (``local.py``) -- lean local message
   passing (:class:`DirGINE`: in- and out-edges of directed graphs with separate weights);
 * :class:`FullAttention`, :class:`LinearAttention`, :class:`ExphormerAttention`,
-  :class:`GRITAttention` (``attention/``);
+  :class:`GRITAttention`, :class:`GTAttention` (``attention/``);
 * PE and feature encoders (``encoders/``).
 """
 
-from gtpe.nn.attention import ExphormerAttention, FullAttention, GRITAttention, LinearAttention
+from gtpe.nn.attention import (
+    ExphormerAttention,
+    FullAttention,
+    GRITAttention,
+    GTAttention,
+    LinearAttention,
+)
 from gtpe.nn.encoders import (
     EmbeddingEncoder,
     LapPEEncoder,
@@ -32,6 +38,7 @@ __all__ = [
     "FullAttention",
     "GPSLayer",
     "GRITAttention",
+    "GTAttention",
     "GatedGCN",
     "LapPEEncoder",
     "LinearAttention",

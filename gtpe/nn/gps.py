@@ -29,7 +29,7 @@ from gtpe.nn.ops import (
 __all__ = ["ATTN_TYPES", "LOCAL_TYPES", "NORM_TYPES", "GPSLayer"]
 
 LOCAL_TYPES = ("gine", "dirgine", "gatedgcn")
-ATTN_TYPES = ("full", "linear", "exphormer", "grit")
+ATTN_TYPES = ("full", "linear", "exphormer", "grit", "gt")
 NORM_TYPES = ("batch", "layer")
 
 
@@ -67,6 +67,10 @@ def _make_attn(
         from gtpe.nn.attention.grit import GRITAttention
 
         return GRITAttention(channels, heads=heads, dropout=attn_dropout, **kwargs)
+    if attn == "gt":
+        from gtpe.nn.attention.gt import GTAttention
+
+        return GTAttention(channels, heads=heads, dropout=attn_dropout, **kwargs)
     raise ValueError(
         f"GPSLayer: unknown attn {attn!r}; expected one of {ATTN_TYPES}, a torch.nn.Module or None"
     )
@@ -80,6 +84,8 @@ def _attn_kind(attn: torch.nn.Module) -> str:
         return "exphormer"
     if name == "GRITAttention":
         return "grit"
+    if name == "GTAttention":
+        return "gt"
     if isinstance(attn, torch.nn.MultiheadAttention):
         return "mha"
     return "dense"
@@ -114,8 +120,10 @@ class GPSLayer(torch.nn.Module):
             ``torch_geometric`` ``MessagePassing`` instance (called with ``edge_attr`` when its
             ``forward`` takes it) or ``None``.
         attn: ``'full'`` (:class:`~gtpe.nn.attention.FullAttention`), ``'linear'``
-            (Performer), ``'exphormer'``, ``'grit'``, a module (``forward(x, batch)``, or a
-            ``torch.nn.MultiheadAttention`` with ``batch_first=True``) or ``None``.
+            (Performer), ``'exphormer'``, ``'grit'``, ``'gt'``
+            (:class:`~gtpe.nn.attention.GTAttention`: attention over the graph's edges), a
+            module (``forward(x, batch)``, or a ``torch.nn.MultiheadAttention`` with
+            ``batch_first=True``) or ``None``.
         heads: attention heads.
         dropout: dropout on both branches and in the MLP.
         attn_dropout: dropout on the attention weights.
@@ -132,12 +140,18 @@ class GPSLayer(torch.nn.Module):
     * ``num_graphs`` -- number of graphs in the batch (saves a device sync; optional);
     * ``state`` -- a dict shared by the layers of one model forward: Exphormer keeps
       ``state['virtual_x']``, GRIT ``state['pair_index']``/``state['pair_attr']``, GatedGCN
-      ``state['edge_attr']`` (the updated edge features, used by the next layer instead of
-      ``edge_attr``), GRIT's degree injection ``state['deg']`` (out-degrees of
-      ``edge_index``, as GRIT's transform).
+      and GT (``update_edges``) ``state['edge_attr']`` (the updated edge features, used by the
+      next layer instead of ``edge_attr``), GRIT's degree injection ``state['deg']``
+      (out-degrees of ``edge_index``, as GRIT's transform).
 
-    ``attn='exphormer'`` is built with ``edge_dim=channels`` (it uses ``edge_attr`` on the graph
-    edges); pass ``attn_kwargs={'edge_dim': None}`` for graphs without edge features.
+    ``attn='exphormer'`` and ``attn='gt'`` are built with ``edge_dim=channels`` (``edge_dim``
+    if given; they use ``edge_attr`` on the graph edges); pass ``attn_kwargs={'edge_dim': None}``
+    for graphs without edge features.  ``attn='gt'`` is Dwivedi & Bresson's layer: with
+    ``local=None`` the node path above is the paper's (:math:`O_h` is the attention's
+    ``out_proj``), and the attention also updates the edge features (the paper's edge stream,
+    with ``norm`` and ``dropout``: :class:`~gtpe.nn.attention.GTAttention`'s ``update_edges``,
+    on by default when the edge features have ``channels`` columns); with ``local='gatedgcn'``,
+    which updates the edges itself, GT does not (``update_edges=True`` is then an error).
 
     Returns the new node features ``[N, C]``.
 
@@ -186,6 +200,8 @@ class GPSLayer(torch.nn.Module):
             )
         if local is None and attn is None:
             raise ValueError("GPSLayer: local and attn cannot both be None")
+        if norm not in (None, "batch", "batch_norm", "layer", "layer_norm"):
+            _make_norm(norm, channels)  # raises the unknown-norm error before any module is built
         self.channels = channels
         self.heads = heads
         self.dropout = float(dropout)
@@ -241,8 +257,20 @@ class GPSLayer(torch.nn.Module):
             self.attn = None
             self.attn_type = None
         elif isinstance(attn, str):
-            if attn == "exphormer":
+            if attn in ("exphormer", "gt"):
                 attn_kwargs.setdefault("edge_dim", edge_dim if edge_dim is not None else channels)
+            if attn == "gt":
+                gated = self.local_type == "gatedgcn"
+                if gated and attn_kwargs.get("update_edges"):
+                    raise ValueError(
+                        "GPSLayer: attn='gt' with update_edges=True cannot be combined with "
+                        "local='gatedgcn' (both would update the edge features)"
+                    )
+                attn_kwargs.setdefault(
+                    "update_edges", attn_kwargs["edge_dim"] == channels and not gated
+                )
+                attn_kwargs.setdefault("edge_norm", norm)
+                attn_kwargs.setdefault("edge_dropout", dropout)
             self.attn = _make_attn(attn, channels, heads, attn_dropout, attn_kwargs)
             self.attn_type = attn
         elif isinstance(attn, torch.nn.Module):
@@ -265,7 +293,11 @@ class GPSLayer(torch.nn.Module):
             )
         elif isinstance(self.local, GatedGCN):
             self._edge_attr_specs.append((channels, "channels", False))
-        dim = getattr(self.attn, "edge_dim", None) if self._attn_kind == "exphormer" else None
+        dim = (
+            getattr(self.attn, "edge_dim", None)
+            if self._attn_kind in ("exphormer", "gt")
+            else None
+        )
         if dim is not None:
             self._edge_attr_specs.append((dim, "channels" if dim == channels else "edge_dim", False))
 
@@ -470,6 +502,19 @@ class GPSLayer(torch.nn.Module):
                 num_graphs=num_graphs,
             )
             state["virtual_x"] = vx
+            return a
+        if kind == "gt":
+            if self.attn.edge_dim is None:
+                edge_attr = None  # built without edge features (attn_kwargs={'edge_dim': None})
+            elif edge_attr is None:
+                raise ValueError(
+                    "GPSLayer(attn='gt') was built for edge features (edge_dim="
+                    f"{self.attn.edge_dim}) but got edge_attr=None; for graphs without edge "
+                    "features build it with attn_kwargs={'edge_dim': None}"
+                )
+            a, e = self.attn(x, edge_index, edge_attr)
+            if e is not None:
+                state["edge_attr"] = e
             return a
         if kind == "grit":
             pi = state.get("pair_index", pair_index)

@@ -4,11 +4,14 @@
 * :class:`LinearAttention`      Performer FAVOR+ (Choromanski et al. 2021), O(N) per graph
 * :class:`ExphormerAttention`   local + expander + virtual-node sparse attention (Shirzad+ 2023)
 * :class:`GRITAttention`        GRIT pair attention with degree injection (Ma et al. 2023)
+* :class:`GTAttention`          GT: attention over the graph's edges with edge features
+                                 (Dwivedi & Bresson 2020)
 """
 
 from gtpe.nn.attention.exphormer import ExphormerAttention
 from gtpe.nn.attention.full import FullAttention
 from gtpe.nn.attention.grit import GRITAttention
+from gtpe.nn.attention.gt import GTAttention
 from gtpe.nn.attention.linear import LinearAttention
 
-__all__ = ["ExphormerAttention", "FullAttention", "GRITAttention", "LinearAttention"]
+__all__ = ["ExphormerAttention", "FullAttention", "GRITAttention", "GTAttention", "LinearAttention"]
