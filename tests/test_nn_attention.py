@@ -813,3 +813,260 @@ def test_grit_update_pairs_false_passes_pairs_through(full_pairs):
     assert torch.equal(pa_out, pa_exp)
     x_out.square().sum().backward()
     assert all(p.grad is not None for p in m2.parameters())
+
+
+# ----------------------------------------------------------------------------- additive bias
+BIAS_C, BIAS_H = 16, 4  # head dim 4
+
+
+def _dense_biased_reference(fa, x, batch, pair_index, pair_bias, default_bias):
+    """float64, per graph, straight from the equation: softmax(Q K^T / sqrt(d) + B) V with
+    B[h, i, j] = pair_bias[m, h] for (j, i) = pair_index[:, m], else default_bias[h]."""
+    H, d = fa.heads, fa.head_dim
+    W, b = fa.in_proj_weight.double(), fa.in_proj_bias.double()
+    default = torch.as_tensor(default_bias, dtype=torch.float64).expand(H)
+    outs = []
+    for gid in range(int(batch.max()) + 1):
+        nodes = torch.nonzero(batch == gid).view(-1)
+        n = nodes.numel()
+        if n == 0:
+            continue
+        local = {int(v): t for t, v in enumerate(nodes)}
+        B = default.view(H, 1, 1).repeat(1, n, n)
+        for m in range(pair_index.size(1)):
+            j, i = int(pair_index[0, m]), int(pair_index[1, m])
+            if j in local:
+                B[:, local[i], local[j]] = pair_bias[m].double()
+        q, k, v = (x[nodes].double() @ W.T + b).view(n, 3, H, d).unbind(1)
+        S = torch.einsum("ihd,jhd->hij", q, k) / math.sqrt(d) + B
+        outs.append(torch.einsum("hij,jhd->ihd", S.softmax(-1), v).reshape(n, H * d))
+    out = torch.cat(outs)
+    return out @ fa.out_proj.weight.double().T + fa.out_proj.bias.double()
+
+
+def _biased_case(sizes, dtype=torch.float64, p=0.5, seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(sum(sizes), BIAS_C, dtype=dtype)
+    batch = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    pairs = _random_pairs(sizes, p, seed)
+    pair_bias = torch.randn(pairs.size(1), BIAS_H, dtype=dtype) * 2
+    default = torch.randn(BIAS_H, dtype=dtype) * 2
+    return x, batch, pairs, pair_bias, default
+
+
+def _biased_module(strategy, dtype=torch.float64):
+    torch.manual_seed(1)
+    fa = FullAttention(BIAS_C, heads=BIAS_H, strategy=strategy).to(dtype)
+    with torch.no_grad():
+        fa.in_proj_bias.normal_()
+        fa.out_proj.bias.normal_()
+    return fa
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_full_bias_matches_dense_reference(device, strategy):
+    """Every strategy with a sparse bias (half of the pairs listed, a per-head default for the
+    rest, sizes 1..40 and an empty graph id, several size buckets) equals the dense float64
+    equation: 1e-10 in float64, 1e-6 in float32."""
+    if strategy == "kernel":
+        _require_kernel()
+    sizes = [17, 1, 0, 40, 5, 16, 3, 9]
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-6)):
+        x, batch, pairs, pb, db = _biased_case(sizes, dtype)
+        fa = _biased_module(strategy, dtype)
+        ref = _dense_biased_reference(fa, x, batch, pairs, pb, db)
+        fa = fa.to(device)
+        out = fa(x.to(device), batch.to(device), pair_index=pairs.to(device),
+                 pair_bias=pb.to(device), default_bias=db.to(device))
+        torch.testing.assert_close(out.double().cpu(), ref, rtol=tol, atol=tol)
+    # a float default, and no default (0), in float64
+    x, batch, pairs, pb, _ = _biased_case(sizes)
+    fa = _biased_module(strategy).to(device)
+    for default in (-1.5, None):
+        ref = _dense_biased_reference(fa.cpu(), x, batch, pairs, pb, 0.0 if default is None else default)
+        out = fa.to(device)(x.to(device), batch.to(device), pair_index=pairs.to(device),
+                            pair_bias=pb.to(device), default_bias=default)
+        torch.testing.assert_close(out.cpu(), ref, rtol=1e-10, atol=1e-10)
+
+
+def test_full_bias_runs_the_fast_paths(monkeypatch):
+    """With a bias, 'auto' on CPU still runs the C kernel, and 'fused'/'sdpa' their own
+    functions (not a dense fallback)."""
+    _require_kernel()
+    from gtpe.nn.attention import full
+
+    calls = []
+    for cls in (full._KernelAttention, full._FusedAttention):
+        monkeypatch.setattr(cls, "apply", lambda *a, _f=cls.apply, _n=cls.__name__: calls.append(_n) or _f(*a))
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(full.F, "scaled_dot_product_attention",
+                        lambda *a, **k: calls.append("sdpa") or sdpa(*a, **k))
+    x, batch, pairs, pb, db = _biased_case([5, 9, 9, 30], torch.float32)
+    for s in ("auto", "fused", "sdpa"):
+        FullAttention(BIAS_C, heads=BIAS_H, strategy=s)(x, batch, pair_index=pairs, pair_bias=pb, default_bias=db)
+    assert calls[0] == "_KernelAttention" and calls[1] == "_FusedAttention"
+    assert calls[2:] and set(calls[2:]) == {"sdpa"}
+
+
+@pytest.mark.parametrize("strategy", ["kernel", "fused", "sdpa", "pairs", "block"])
+def test_full_bias_gradcheck(strategy):
+    """float64 gradcheck with respect to x, pair_bias and default_bias (two graphs, buckets)."""
+    if strategy == "kernel":
+        _require_kernel()
+    x, batch, pairs, pb, db = _biased_case([3, 1, 5], p=0.6)
+    fa = _biased_module(strategy)
+
+    def f(x, pb, db):
+        return fa(x, batch, pair_index=pairs, pair_bias=pb, default_bias=db)
+
+    inputs = tuple(t.clone().requires_grad_() for t in (x, pb, db))
+    assert torch.autograd.gradcheck(f, inputs)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_full_bias_kernel_gradients_equal_fused_and_sdpa(dtype, tol):
+    """The kernel's hand-written backward (incl. dB = dS) gives the gradients of the fused
+    path and of autograd through SDPA, for x, every parameter, pair_bias and default_bias."""
+    _require_kernel()
+    sizes = [17, 1, 0, 40, 5, 16, 3]
+    x0, batch, pairs, pb0, db0 = _biased_case(sizes, dtype)
+    w = None
+    grads = {}
+    for s in ("kernel", "fused", "sdpa"):
+        fa = _biased_module(s, dtype)
+        x, pb, db = (t.clone().requires_grad_() for t in (x0, pb0, db0))
+        out = fa(x, batch, pair_index=pairs, pair_bias=pb, default_bias=db)
+        w = torch.randn_like(out) if w is None else w
+        (out * w).sum().backward()
+        grads[s] = [out.detach(), x.grad, pb.grad, db.grad] + [p.grad for p in fa.parameters()]
+        with torch.no_grad():  # inference (the kernel keeps no probabilities): same output
+            torch.testing.assert_close(fa(x, batch, pair_index=pairs, pair_bias=pb, default_bias=db),
+                                       out.detach(), rtol=0 if s == "kernel" else tol,
+                                       atol=0 if s == "kernel" else tol)
+    for s in ("fused", "sdpa"):
+        for a, b in zip(grads["kernel"], grads[s], strict=True):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+    assert grads["kernel"][2].abs().sum() > 0 and grads["kernel"][3].abs().sum() > 0
+
+
+def test_full_bias_equivariance_and_isolation():
+    """Relabelling the nodes (graphs and nodes within graphs shuffled) and the pairs alike
+    permutes the output; changing one graph's biases changes only that graph's rows."""
+    sizes = [4, 9, 2, 6, 30]
+    for s in ("kernel", "fused", "sdpa"):
+        if s == "kernel":
+            _require_kernel()
+        x, batch, pairs, pb, db = _biased_case(sizes)
+        fa = _biased_module(s)
+        out = fa(x, batch, pair_index=pairs, pair_bias=pb, default_bias=db)
+        perm, new_sizes = _perm(sizes)
+        _, new_batch = _batch(new_sizes)
+        out_p = fa(x[perm], new_batch, pair_index=_relabel(pairs, perm), pair_bias=pb, default_bias=db)
+        torch.testing.assert_close(out_p, out[perm], rtol=1e-10, atol=1e-10)
+        pb2 = pb.clone()
+        in_g1 = batch[pairs[1]] == 1
+        pb2[in_g1] += 3.0
+        out2 = fa(x, batch, pair_index=pairs, pair_bias=pb2, default_bias=db)
+        torch.testing.assert_close(out2[batch != 1], out[batch != 1], rtol=0, atol=1e-12)
+        assert not torch.allclose(out2[batch == 1], out[batch == 1])
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_full_no_bias_path_is_untouched_and_zero_bias_is_no_bias(strategy, monkeypatch):
+    """Without bias arguments no bias code runs (same code as before the bias existed); a
+    zero bias on every pair, or only a default (a constant per row: softmax ignores it), gives
+    the no-bias result (bit for bit on the kernel and fused paths)."""
+    if strategy == "kernel":
+        _require_kernel()
+    from gtpe.nn.attention import full
+
+    sizes = [7, 1, 12, 12, 3]
+    x, batch, _, _, _ = _biased_case(sizes, torch.float32)
+    fa = _biased_module(strategy, torch.float32)
+    plain = fa(x, batch)
+    all_pairs = _random_pairs(sizes, 1.1, 0)
+    zero = torch.zeros(all_pairs.size(1), BIAS_H)
+    none = torch.zeros(2, 0, dtype=torch.long)
+    for kw in ({"pair_index": all_pairs, "pair_bias": zero},
+               {"pair_index": none, "pair_bias": torch.zeros(0, BIAS_H), "default_bias": torch.full((BIAS_H,), 2.5)}):
+        out = fa(x, batch, **kw)
+        if strategy in ("kernel", "fused", "auto"):
+            assert torch.equal(out, plain)
+        else:
+            torch.testing.assert_close(out, plain, rtol=1e-6, atol=1e-6)
+    monkeypatch.setattr(full, "_scatter_bias", None)
+    monkeypatch.setattr(full, "_bias_pairs", None)
+    assert torch.equal(fa(x, batch), plain)
+
+
+def test_full_bias_dropout_and_cache():
+    """Attention dropout in training runs SDPA with the bias (eval: the deterministic result);
+    a shared cache checks and places the pairs once per pair_index tensor."""
+    from gtpe.nn.attention.full import _layout
+
+    x, batch, pairs, pb, db = _biased_case([5, 6, 11])
+    fa = FullAttention(BIAS_C, heads=BIAS_H, dropout=0.5).double()
+    ref = _dense_biased_reference(fa, x, batch, pairs, pb, db)
+    fa.eval()
+    torch.testing.assert_close(fa(x, batch, pair_index=pairs, pair_bias=pb, default_bias=db), ref)
+    fa.train()
+    torch.manual_seed(3)
+    out = fa(x, batch, pair_index=pairs, pair_bias=pb, default_bias=db)
+    assert torch.isfinite(out).all() and not torch.allclose(out, ref)
+    fa.eval()
+    cache = {}
+    a = fa(x, batch, cache, pair_index=pairs, pair_bias=pb, default_bias=db)
+    memo = _layout(batch, cache)["bias_pairs"]
+    assert memo["index"] is pairs and memo["pos"]
+    b = fa(x, batch, cache, pair_index=pairs, pair_bias=pb * 0.5, default_bias=db)
+    assert _layout(batch, cache)["bias_pairs"] is memo  # reused
+    torch.testing.assert_close(a, ref)
+    torch.testing.assert_close(b, _dense_biased_reference(fa, x, batch, pairs, pb * 0.5, db))
+    other = pairs[:, :-3].clone()  # another tensor: checked and placed again
+    c = fa(x, batch, cache, pair_index=other, pair_bias=pb[:-3], default_bias=db)
+    assert _layout(batch, cache)["bias_pairs"]["index"] is other
+    torch.testing.assert_close(c, _dense_biased_reference(fa, x, batch, other, pb[:-3], db))
+
+
+def test_full_bias_bad_input_is_one_clear_error():
+    x, batch, pairs, pb, db = _biased_case([4, 5])
+    fa = FullAttention(BIAS_C, heads=BIAS_H).double()
+
+    def call(**kw):
+        return fa(x, batch, **kw)
+
+    with pytest.raises(ValueError, match=r"needs both pair_index .* \(got only pair_bias\)"):
+        call(pair_bias=pb)
+    with pytest.raises(ValueError, match=r"\(got only pair_index\)"):
+        call(pair_index=pairs)
+    with pytest.raises(ValueError, match=r"\(got only default_bias\)"):
+        call(default_bias=db)
+    with pytest.raises(ValueError, match=r"pair_index must be a long tensor of shape \[2, M\]"):
+        call(pair_index=pairs.T, pair_bias=pb)
+    with pytest.raises(ValueError, match=r"pair_index must be a long tensor"):
+        call(pair_index=pairs.float(), pair_bias=pb)
+    with pytest.raises(ValueError, match=rf"pair_bias must be .* \[{pairs.size(1)}, {BIAS_H}\]"):
+        call(pair_index=pairs, pair_bias=pb[:, :2])
+    with pytest.raises(ValueError, match=r"pair_bias must be a float tensor"):
+        call(pair_index=pairs, pair_bias=pb.long())
+    with pytest.raises(ValueError, match=rf"default_bias must be .* \[heads\] = \[{BIAS_H}\]"):
+        call(pair_index=pairs, pair_bias=pb, default_bias=torch.zeros(BIAS_H + 1))
+    with pytest.raises(ValueError, match=r"default_bias must be a float"):
+        call(pair_index=pairs, pair_bias=pb, default_bias="far")
+    across = pairs.clone()
+    across[0, -1] = 0  # key in graph 0, query in graph 1
+    with pytest.raises(ValueError, match=r"pairs key 0 and query \d+ of different graphs \(0 and 1\)"):
+        call(pair_index=across, pair_bias=pb)
+    with pytest.raises(ValueError, match=r"outside \[0, 9\)"):
+        call(pair_index=pairs + 1, pair_bias=pb)
+    dup = torch.cat([pairs, pairs[:, :1]], 1)
+    with pytest.raises(ValueError, match=r"lists the pair \(key \d+, query \d+\) more than once"):
+        call(pair_index=dup, pair_bias=torch.cat([pb, pb[:1]]))
+    with pytest.raises(ValueError, match="batch must be sorted"):  # with a bias, every strategy
+        FullAttention(BIAS_C, heads=BIAS_H, strategy="block").double()(
+            x, batch.flip(0), pair_index=pairs, pair_bias=pb)
+    with pytest.raises(ValueError, match="x has no nodes"):
+        fa(x[:0], batch[:0], pair_index=pairs, pair_bias=pb)
+    # an empty batch with no pairs is fine
+    assert fa(x[:0], batch[:0], pair_index=pairs[:, :0], pair_bias=pb[:0]).shape == (0, BIAS_C)

@@ -9,9 +9,12 @@
 """
 
 from gtpe.nn.attention import (
+    CentralityEncoding,
     ExphormerAttention,
     FullAttention,
     GRITAttention,
+    GraphormerAttention,
+    GraphormerBias,
     GTAttention,
     LinearAttention,
 )
@@ -34,11 +37,14 @@ __all__ = [
     "GINE",
     "DirGINE",
     "EmbeddingEncoder",
+    "CentralityEncoding",
     "ExphormerAttention",
     "FullAttention",
     "GPSLayer",
     "GRITAttention",
     "GTAttention",
+    "GraphormerAttention",
+    "GraphormerBias",
     "GatedGCN",
     "LapPEEncoder",
     "LinearAttention",

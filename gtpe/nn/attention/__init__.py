@@ -6,12 +6,25 @@
 * :class:`GRITAttention`        GRIT pair attention with degree injection (Ma et al. 2023)
 * :class:`GTAttention`          GT: attention over the graph's edges with edge features
                                  (Dwivedi & Bresson 2020)
+* :class:`GraphormerAttention`  full attention + Graphormer's spatial (shortest-path) bias
+                                 (Ying et al. 2021); :class:`GraphormerBias`,
+                                 :class:`CentralityEncoding`
 """
 
 from gtpe.nn.attention.exphormer import ExphormerAttention
 from gtpe.nn.attention.full import FullAttention
+from gtpe.nn.attention.graphormer import CentralityEncoding, GraphormerAttention, GraphormerBias
 from gtpe.nn.attention.grit import GRITAttention
 from gtpe.nn.attention.gt import GTAttention
 from gtpe.nn.attention.linear import LinearAttention
 
-__all__ = ["ExphormerAttention", "FullAttention", "GRITAttention", "GTAttention", "LinearAttention"]
+__all__ = [
+    "CentralityEncoding",
+    "ExphormerAttention",
+    "FullAttention",
+    "GRITAttention",
+    "GTAttention",
+    "GraphormerAttention",
+    "GraphormerBias",
+    "LinearAttention",
+]

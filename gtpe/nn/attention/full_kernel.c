@@ -9,13 +9,15 @@
  * Graph g owns the rows [ptr[g], ptr[g+1]).  For every graph g and head h, with
  * L = ptr[g+1] - ptr[g]:
  *
- *     P = softmax_rows(scale * Q K^T)   [L, L], stored at probs + poff[g] + h L^2
- *     O = P V                           written to out[ptr[g] + i, h D .. h D + D)
+ *     P = softmax_rows(scale * Q K^T + B)   [L, L], stored at probs + poff[g] + h L^2
+ *     O = P V                               written to out[ptr[g] + i, h D .. h D + D)
  *
- * Backward, with dO the gradient of O (same layout as out):
+ * B is an optional additive bias (NULL: none) in the layout of probs: B_ij (query i, key j) at
+ * bias + poff[g] + (h L + i) L + j.  Backward, with dO the gradient of O (same layout as out):
  *
  *     dV = P^T dO,  dP = dO V^T,  dS = P * (dP - rowsum(P * dP)),
  *     dQ = scale dS K,  dK = scale dS^T Q          written to grad_qkv ([N, 3C], every row)
+ *     dB = dS                                      written to grad_bias (if not NULL)
  *
  * No padding between graphs: every (graph, head) block has its own size.  Each block is first
  * copied into small scratch matrices whose rows are padded with zeros to a multiple of one
@@ -239,7 +241,7 @@ int FN(gtpe_full_attention_openmp)(void) {
 /* One (graph, head) block of the forward; scratch holds 2 Dp Lmax + 4 D + 4 Lmax reals. */
 static void forward_block(const real *qkv, const int64_t *ptr, const int64_t *poff, int64_t g,
                           int64_t h, int64_t H, int64_t D, real scale, real *out, real *probs,
-                          real *scratch, int64_t Lmax) {
+                          const real *bias, real *scratch, int64_t Lmax) {
     const int64_t C = H * D, S = 3 * C, Dp = round_up(D);
     const int64_t L = ptr[g + 1] - ptr[g], Lp = round_up(L);
     if (L == 0) return;
@@ -264,6 +266,11 @@ static void forward_block(const real *qkv, const int64_t *ptr, const int64_t *po
             for (int64_t r = 0; r < 4; ++r) vstore(rows + r * Lp + j0, acc[r]);
         }
         for (int64_t r = 0; r < nr; ++r) {
+            if (bias) { /* additive bias B_ij of query row i0 + r */
+                const real *bi = bias + poff[g] + (h * L + i0 + r) * L;
+                real *si = rows + r * Lp;
+                for (int64_t j = 0; j < L; ++j) si[j] += bi[j];
+            }
             softmax_row(rows + r * Lp, L, Lp);
             if (probs)
                 memcpy(probs + poff[g] + (h * L + i0 + r) * L, rows + r * Lp, sizeof(real) * (size_t)L);
@@ -279,7 +286,8 @@ static void forward_block(const real *qkv, const int64_t *ptr, const int64_t *po
 /* One (graph, head) block of the backward; scratch holds 4 Dp Lmax + 2 Lmax^2 reals. */
 static void backward_block(const real *qkv, const int64_t *ptr, const int64_t *poff, int64_t g,
                            int64_t h, int64_t H, int64_t D, real scale, const real *probs,
-                           const real *grad_out, real *grad_qkv, real *scratch, int64_t Lmax) {
+                           const real *grad_out, real *grad_qkv, real *grad_bias, real *scratch,
+                           int64_t Lmax) {
     const int64_t C = H * D, S = 3 * C, Dp = round_up(D);
     const int64_t L = ptr[g + 1] - ptr[g], Lp = round_up(L), L4 = (L + 3) / 4 * 4;
     if (L == 0) return;
@@ -310,7 +318,17 @@ static void backward_block(const real *qkv, const int64_t *ptr, const int64_t *p
             real *dsi = ds + (i0 + r) * Lp, delta = 0;
 #pragma omp simd reduction(+ : delta)
             for (int64_t j = 0; j < L; ++j) delta += pi[j] * dsi[j];
-            for (int64_t j = 0; j < Lp; ++j) dsi[j] = pi[j] * (dsi[j] - delta) * scale;
+            if (grad_bias) { /* dB = dS (unscaled), then dS scaled as below */
+                real *gbi = grad_bias + poff[g] + (h * L + i0 + r) * L;
+                for (int64_t j = 0; j < L; ++j) {
+                    const real t = pi[j] * (dsi[j] - delta);
+                    gbi[j] = t;
+                    dsi[j] = t * scale;
+                }
+                for (int64_t j = L; j < Lp; ++j) dsi[j] = pi[j] * (dsi[j] - delta) * scale;
+            } else {
+                for (int64_t j = 0; j < Lp; ++j) dsi[j] = pi[j] * (dsi[j] - delta) * scale;
+            }
         }
         for (int64_t d0 = 0; d0 < Dp; d0 += VLEN) { /* dQ = dS K */
             weighted_sum4(acc, ds + i0 * Lp, 1, Lp, krows + d0, qs, L);
@@ -334,11 +352,11 @@ static void backward_block(const real *qkv, const int64_t *ptr, const int64_t *p
 }
 
 /* The entry points: every (graph, head) block of the graphs [g0, g1), spread over threads.
- * probs may be NULL in the forward (inference).  Return 0, or -1 when the scratch cannot be
- * allocated. */
+ * probs may be NULL in the forward (inference); bias and grad_bias may be NULL (no bias, or no
+ * gradient for it).  Return 0, or -1 when the scratch cannot be allocated. */
 int FN(gtpe_full_attention_forward)(const real *qkv, const int64_t *ptr, const int64_t *poff,
                                     int64_t g0, int64_t g1, int64_t H, int64_t D, real scale,
-                                    real *out, real *probs) {
+                                    real *out, real *probs, const real *bias) {
     const int64_t Dp = round_up(D), Lmax = round_up(max_len(ptr, g0, g1));
     const int64_t per_thread = 2 * Dp * Lmax + 4 * D + 4 * Lmax, blocks = (g1 - g0) * H;
     const int nt = threads_for(poff[g1] - poff[g0]);
@@ -346,7 +364,7 @@ int FN(gtpe_full_attention_forward)(const real *qkv, const int64_t *ptr, const i
     if (!scratch) return -1;
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < blocks; ++b)
-        forward_block(qkv, ptr, poff, g0 + b / H, b % H, H, D, scale, out, probs,
+        forward_block(qkv, ptr, poff, g0 + b / H, b % H, H, D, scale, out, probs, bias,
                       scratch + per_thread * thread_id(), Lmax);
     free(scratch);
     return 0;
@@ -354,7 +372,8 @@ int FN(gtpe_full_attention_forward)(const real *qkv, const int64_t *ptr, const i
 
 int FN(gtpe_full_attention_backward)(const real *qkv, const int64_t *ptr, const int64_t *poff,
                                      int64_t g0, int64_t g1, int64_t H, int64_t D, real scale,
-                                     const real *probs, const real *grad_out, real *grad_qkv) {
+                                     const real *probs, const real *grad_out, real *grad_qkv,
+                                     real *grad_bias) {
     const int64_t Dp = round_up(D), Lmax = round_up(max_len(ptr, g0, g1));
     const int64_t per_thread = 4 * Dp * Lmax + 2 * Lmax * Lmax, blocks = (g1 - g0) * H;
     const int nt = threads_for(poff[g1] - poff[g0]);
@@ -363,7 +382,7 @@ int FN(gtpe_full_attention_backward)(const real *qkv, const int64_t *ptr, const 
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1) if (nt > 1)
     for (int64_t b = 0; b < blocks; ++b)
         backward_block(qkv, ptr, poff, g0 + b / H, b % H, H, D, scale, probs, grad_out, grad_qkv,
-                       scratch + per_thread * thread_id(), Lmax);
+                       grad_bias, scratch + per_thread * thread_id(), Lmax);
     free(scratch);
     return 0;
 }
