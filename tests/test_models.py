@@ -18,6 +18,8 @@ from gtpe.models import (
     RRWPConfig,
     RWSEConfig,
 )
+from gtpe.models.config import SPDConfig
+from gtpe.transforms import AddSPD
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -32,7 +34,7 @@ def _one_thread():
 
 
 LOCALS = ["gine", "dirgine", "gatedgcn", None]
-ATTNS = ["full", "linear", "exphormer", "grit", "gt", None]
+ATTNS = ["full", "linear", "exphormer", "grit", "gt", "graphormer", None]
 # PE settings shared by every encoding below, so that one prepared batch serves them all
 RWSE, LAP, MAGLAP = (
     RWSEConfig(walk_length=6, dim=4),
@@ -40,6 +42,7 @@ RWSE, LAP, MAGLAP = (
     MagLapPEConfig(k=4, dim=4),
 )
 RRWP, EXPANDER = RRWPConfig(walk_length=5), ExpanderConfig(degree=2)
+SPD = SPDConfig(max_dist=3)
 ENCODINGS = {
     "none": PEConfig(),
     "rwse": PEConfig(rwse=RWSE),
@@ -103,7 +106,7 @@ def shared_batch():
             attn="exphormer",
             pe=PEConfig(rwse=RWSE, lap=LAP, maglap=MAGLAP, rrwp=RRWP, expander=EXPANDER),
         )
-        _BATCH["b"] = prepared_batch(cfg)
+        _BATCH["b"] = AddSPD(SPD.max_dist)(prepared_batch(cfg))  # Graphormer's distances
     return _BATCH["b"]
 
 
@@ -118,6 +121,8 @@ def test_every_combination_trains_a_step(local, attn):
         pe = dataclasses.replace(pe, expander=EXPANDER)
         if attn == "grit":  # GRIT's pairs come from RRWP (the default walk_length 21 otherwise)
             pe = dataclasses.replace(pe, rrwp=RRWP)
+        if attn == "graphormer":
+            pe = dataclasses.replace(pe, spd=SPD)
         cfg = GPSModelConfig(
             channels=16, num_layers=2, local=local, attn=attn, heads=4, dropout=0.1, pe=pe
         )
@@ -145,7 +150,7 @@ def test_every_combination_trains_a_step(local, attn):
 def test_node_level_linear_input_without_edge_features():
     torch.manual_seed(0)
     graphs = [Data(x=torch.randn(g.num_nodes, 11), edge_index=g.edge_index) for g in molecules()]
-    for attn in ("full", "exphormer", "grit", "gt"):
+    for attn in ("full", "exphormer", "grit", "gt", "graphormer"):
         cfg = GPSModelConfig(
             channels=16,
             num_layers=2,

@@ -23,7 +23,7 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-ATTNS = ["full", "linear", "exphormer", "grit", "gt", None]
+ATTNS = ["full", "linear", "exphormer", "grit", "gt", "graphormer", None]
 
 
 def random_batch(sizes, C, seed=0, dtype=torch.float32, edge_dim=None):
@@ -55,6 +55,8 @@ def random_batch(sizes, C, seed=0, dtype=torch.float32, edge_dim=None):
         "expander_index": exp,
         "pair_index": pi,
         "pair_attr": torch.randn(pi.size(1), C, generator=g, dtype=dtype),
+        "spd_index": pi,  # Graphormer's pairs: any pairs of a graph, with a distance each
+        "spd_val": torch.randint(0, 7, (pi.size(1),), generator=g),
     }
     return {k: v.to(DEVICE) for k, v in out.items()}
 
@@ -69,6 +71,8 @@ def call(layer, d, **over):
         expander_index=d["expander_index"],
         pair_index=d["pair_index"],
         pair_attr=d["pair_attr"],
+        spd_index=d["spd_index"],
+        spd_val=d["spd_val"],
         num_graphs=int(d["batch"].max()) + 1,
     )
 
@@ -228,7 +232,7 @@ def permute_within_graphs(d, seed=0):
     inv[perm] = torch.arange(perm.numel(), device=DEVICE)  # old -> new
     out = dict(d)
     out["x"] = d["x"][perm]
-    for k in ("edge_index", "expander_index", "pair_index"):
+    for k in ("edge_index", "expander_index", "pair_index", "spd_index"):
         out[k] = inv[d[k]]
     return out, perm
 
@@ -258,7 +262,9 @@ def test_gpslayer_no_information_between_graphs(attn):
     x2[other] = torch.randn_like(x2[other]) * 3
     pair_attr = d["pair_attr"].clone()
     pair_attr[other[d["pair_index"][1]]] += 1.0
-    out2 = call(layer, d, x=x2, pair_attr=pair_attr)
+    spd_val = d["spd_val"].clone()
+    spd_val[other[d["spd_index"][1]]] += 1
+    out2 = call(layer, d, x=x2, pair_attr=pair_attr, spd_val=spd_val)
     first = d["batch"] == 0
     torch.testing.assert_close(out2[first], out[first], atol=1e-6, rtol=1e-5)
     assert not torch.allclose(out2[other], out[other])
@@ -291,6 +297,8 @@ def test_gpslayer_gradients_reach_every_parameter(local, attn):
         expander_index=d["expander_index"],
         pair_index=d["pair_index"],
         pair_attr=d["pair_attr"],
+        spd_index=d["spd_index"],
+        spd_val=d["spd_val"],
         state=state,
     )
     # side outputs (updated edge/pair features, virtual nodes) are part of the layer's output

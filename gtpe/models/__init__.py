@@ -8,6 +8,7 @@ from gtpe.models.config import (
     MagLapPEConfig,
     PEConfig,
     RRWPConfig,
+    SPDConfig,
     RWSEConfig,
 )
 from gtpe.models.gps_model import GPSModel
@@ -21,5 +22,6 @@ __all__ = [
     "MagLapPEConfig",
     "PEConfig",
     "RRWPConfig",
+    "SPDConfig",
     "RWSEConfig",
 ]

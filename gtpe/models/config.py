@@ -5,16 +5,17 @@ Example (``model:`` section of an experiment YAML)::
     channels: 64
     num_layers: 4
     local: gine          # gine | dirgine | gatedgcn | none
-    attn: full           # full | linear | exphormer | grit | gt | none
+    attn: full           # full | linear | exphormer | grit | gt | graphormer | none
     heads: 4
     dropout: 0.0
     attn_dropout: 0.0
     norm: batch          # batch | layer | none
-    pool: mean           # mean | add
+    pool: mean           # mean | add | token (attn: graphormer: Graphormer's graph token)
     pe:
       rwse: {walk_length: 20, dim: 16}
       lap: {k: 8, dim: 16, normalization: sym, encoder: deepset}   # encoder: deepset | transformer | signnet
       maglap: {k: 8, q: [0.0, 0.1, 0.25], dim: 16, phase: invariant}   # q: a number or a list
+      spd: {max_dist: 5}    # Graphormer's shortest-path distances (attn: graphormer)
 
 :meth:`GPSModelConfig.from_dict` builds a config from such a mapping (unknown keys are
 errors); :meth:`GPSModelConfig.to_dict` is the inverse.  Values are validated on construction.
@@ -37,13 +38,14 @@ __all__ = [
     "PEConfig",
     "RRWPConfig",
     "RWSEConfig",
+    "SPDConfig",
 ]
 
 LOCALS = ("gine", "dirgine", "gatedgcn", None)
 PHASES = ("canonical", "invariant")
-ATTNS = ("full", "linear", "exphormer", "grit", "gt", None)
+ATTNS = ("full", "linear", "exphormer", "grit", "gt", "graphormer", None)
 NORMS = ("batch", "layer", None)
-POOLS = ("mean", "add")
+POOLS = ("mean", "add", "token")
 
 
 # Metadata of fields added after configs were first saved: ``to_dict`` leaves them out while
@@ -205,12 +207,25 @@ class ExpanderConfig:
         _pos_int("ExpanderConfig", "degree", self.degree)
 
 
+@dataclass
+class SPDConfig:
+    """Graphormer's shortest-path distances: ``AddSPD(max_dist)`` (used with
+    ``attn='graphormer'`` only, ignored otherwise): one learned bias per head and distance
+    ``0..max_dist``, farther pairs share one."""
+
+    max_dist: int = 5
+
+    def __post_init__(self) -> None:
+        _pos_int("SPDConfig", "max_dist", self.max_dist)
+
+
 _PE_TYPES = {
     "rwse": RWSEConfig,
     "lap": LapPEConfig,
     "maglap": MagLapPEConfig,
     "rrwp": RRWPConfig,
     "expander": ExpanderConfig,
+    "spd": SPDConfig,
 }
 
 
@@ -223,6 +238,7 @@ class PEConfig:
     maglap: MagLapPEConfig | None = None
     rrwp: RRWPConfig | None = None
     expander: ExpanderConfig | None = None
+    spd: SPDConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
 
     def __post_init__(self) -> None:
         for name, cls in _PE_TYPES.items():
@@ -275,6 +291,11 @@ class GPSModelConfig:
             raise ConfigError(f"GPSModelConfig.norm must be one of {NORMS}, got {self.norm!r}")
         if self.pool not in POOLS:
             raise ConfigError(f"GPSModelConfig.pool must be one of {POOLS}, got {self.pool!r}")
+        if self.pool == "token" and self.attn != "graphormer":
+            raise ConfigError(
+                f"GPSModelConfig.pool='token' (Graphormer's graph token) needs "
+                f"attn='graphormer', got attn={self.attn!r}"
+            )
         for name in ("dropout", "attn_dropout"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
@@ -297,7 +318,9 @@ class GPSModelConfig:
     def transforms(self) -> list[Any]:
         """The :mod:`gtpe.transforms` instances whose outputs the model reads, in a fixed order:
         RWSE, LapPE, MagLapPE, RRWP (also for ``attn='grit'`` without ``pe.rrwp``), expander
-        edges (for ``attn='exphormer'``, with ``pe.expander`` or the default degree)."""
+        edges (for ``attn='exphormer'``, with ``pe.expander`` or the default degree),
+        shortest-path distances (for ``attn='graphormer'``, with ``pe.spd`` or the default
+        ``max_dist``)."""
         from gtpe import transforms as T
 
         pe = self.pe
@@ -314,6 +337,9 @@ class GPSModelConfig:
         exp = self.expander_config
         if exp is not None:
             out.append(T.AddExpanderEdges(degree=exp.degree))
+        spd = self.spd_config
+        if spd is not None:
+            out.append(T.AddSPD(max_dist=spd.max_dist))
         return out
 
     @property
@@ -322,6 +348,14 @@ class GPSModelConfig:
         if self.pe.rrwp is not None:
             return self.pe.rrwp
         return RRWPConfig() if self.attn == "grit" else None
+
+    @property
+    def spd_config(self) -> SPDConfig | None:
+        """The shortest-path distances the model uses (only with ``attn='graphormer'``):
+        ``pe.spd``, or the default."""
+        if self.attn != "graphormer":
+            return None
+        return self.pe.spd if self.pe.spd is not None else SPDConfig()
 
     @property
     def expander_config(self) -> ExpanderConfig | None:

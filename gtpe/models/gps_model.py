@@ -10,6 +10,7 @@ from torch.nn import Linear, ModuleList, ReLU, Sequential
 from torch_geometric.utils import to_undirected
 
 from gtpe.models.config import ConfigError, GPSModelConfig
+from gtpe.nn.attention.graphormer import CentralityEncoding
 from gtpe.nn.encoders import (
     EmbeddingEncoder,
     LapPEEncoder,
@@ -24,12 +25,15 @@ from gtpe.nn.encoders import (
 from gtpe.nn.gps import GPSLayer
 from gtpe.nn.ops import scatter_mean, scatter_sum
 
-__all__ = ["EDGE_INPUTS", "NODE_INPUTS", "GPSModel"]
+__all__ = ["CENTRALITY_MAX_DEGREE", "EDGE_INPUTS", "NODE_INPUTS", "GPSModel"]
 
 NODE_INPUTS = ("embedding", "ogb_atom", "linear", "sinusoid")
 # local modules that read edges without their direction: they get the symmetrised graph
 DIRECTION_BLIND_LOCALS = ("gine", "gatedgcn")
 EDGE_INPUTS = ("embedding", "ogb_bond", "linear", None)
+# Graphormer's centrality encoding: degrees above this share the last embedding row (molecules
+# have degree <= 6; Graphormer's own tables stop at 511)
+CENTRALITY_MAX_DEGREE = 64
 
 
 def _feature_encoder(
@@ -97,6 +101,18 @@ class GPSModel(torch.nn.Module):
     term (GRIT) is added.  Edge features are encoded to ``channels``.  The head is
     ``Linear(C, C) - ReLU - Linear(C, out_dim)``; pooling is ``config.pool`` (mean/add).
 
+    Graphormer (``attn='graphormer'``, Ying et al., NeurIPS 2021): the layers' attention has
+    the spatial encoding :math:`b^h_{\phi(j,i)}` (:class:`~gtpe.nn.attention.graphormer.GraphormerAttention`,
+    distances from :class:`~gtpe.transforms.AddSPD`), one table shared by all layers as in the
+    paper; ``x^{(0)}`` gets the centrality encoding :math:`z^-_{\deg^-} + z^+_{\deg^+}`
+    (:class:`~gtpe.nn.attention.graphormer.CentralityEncoding`, degrees above
+    :data:`CENTRALITY_MAX_DEGREE` = 64 share one row).  ``pool='token'`` is the paper's graph
+    token: a learned vector :math:`x_{\mathrm{tok}}` is inserted as an extra node before the
+    first node of every graph (no edges, no centrality encoding), every pair with a token gets
+    one more learned bias per head :math:`t^h` (row ``max_dist + 1`` of the shared table: the
+    layers are built with ``max_dist + 1``, listed pairs farther than ``max_dist`` keep the
+    shared "far" bias), and the head reads the token's final features.
+
     Args:
         config: :class:`~gtpe.models.config.GPSModelConfig`.
         out_dim: output size (number of tasks / classes).
@@ -121,8 +137,10 @@ class GPSModel(torch.nn.Module):
 
     ``forward(data)`` reads ``x, edge_index, edge_attr, batch`` and the PE attributes written by
     :meth:`GPSModelConfig.transforms` (``rwse``, ``lap_pe``/``lap_eigval``,
-    ``maglap_pe``/``maglap_eigval``, ``rrwp``/``rrwp_index``/``rrwp_val``, ``expander_index``)
-    and returns ``[num_graphs, out_dim]`` or ``[N, out_dim]``.
+    ``maglap_pe``/``maglap_eigval``, ``rrwp``/``rrwp_index``/``rrwp_val``, ``expander_index``,
+    ``spd_index``/``spd_val``/``in_degree``/``out_degree``) and returns ``[num_graphs, out_dim]``
+    or ``[N, out_dim]``; a missing attribute is a ``ValueError`` naming the transform that
+    writes it.
     """
 
     def __init__(
@@ -154,6 +172,10 @@ class GPSModel(torch.nn.Module):
         self.node_input, self.node_in_dim = node_input, node_in_dim
         self.edge_input, self.edge_in_dim = edge_input, edge_in_dim
         self.graph_level = graph_level
+        if config.pool == "token" and not graph_level:
+            raise ConfigError(
+                "GPSModel: pool='token' (a graph token readout) needs graph_level=True"
+            )
         self.directed = bool(directed)
         # symmetrise the edges for the layers (see ``directed``)
         self.symmetrise = self.directed and config.local in DIRECTION_BLIND_LOCALS
@@ -187,6 +209,14 @@ class GPSModel(torch.nn.Module):
             else None
         )
 
+        # Graphormer: centrality encoding on x^(0) and (pool='token') the graph token
+        self.centrality = (
+            CentralityEncoding(C, CENTRALITY_MAX_DEGREE) if config.attn == "graphormer" else None
+        )
+        self.graph_token = (
+            torch.nn.Parameter(torch.empty(C)) if config.pool == "token" else None
+        )
+
         L = config.num_layers
         self.layers = ModuleList(
             [
@@ -209,6 +239,9 @@ class GPSModel(torch.nn.Module):
                 for i in range(L)
             ]
         )
+        if config.attn == "graphormer":  # one spatial encoding for all layers, as the paper
+            for layer in self.layers[1:]:
+                layer.attn.spatial = self.layers[0].attn.spatial
         self.head = Sequential(Linear(C, C), ReLU(), Linear(C, out_dim))
         self.reset_parameters()
 
@@ -226,6 +259,10 @@ class GPSModel(torch.nn.Module):
             }
         if attn == "grit" and i == last:
             return {"update_pairs": False}
+        if attn == "graphormer":  # one more row for the graph token's bias t
+            spd = self.config.spd_config
+            assert spd is not None
+            return {"max_dist": spd.max_dist + (self.config.pool == "token")}
         if attn == "gt":
             edges = self.edge_encoder is not None
             return {
@@ -242,9 +279,12 @@ class GPSModel(torch.nn.Module):
             self.lap_encoder,
             self.maglap_encoder,
             self.rrwp_encoder,
+            self.centrality,
         ):
             if m is not None:
                 m.reset_parameters()
+        if self.graph_token is not None:
+            torch.nn.init.normal_(self.graph_token, std=0.02)  # as Graphormer's code
         for layer in self.layers:
             layer.reset_parameters()
         self.head[0].reset_parameters()
@@ -319,6 +359,13 @@ class GPSModel(torch.nn.Module):
             extra["expander_index"] = _need(
                 data, "expander_index", "gtpe.transforms.AddExpanderEdges"
             )
+        if self.centrality is not None:  # attn == 'graphormer'
+            hint = "gtpe.transforms.AddSPD"
+            x = self.centrality(
+                x, _need(data, "in_degree", hint), _need(data, "out_degree", hint)
+            )
+            extra["spd_index"] = _need(data, "spd_index", hint)
+            extra["spd_val"] = _need(data, "spd_val", hint)
         return dict(
             x=x,
             edge_index=edge_index,
@@ -332,13 +379,57 @@ class GPSModel(torch.nn.Module):
         kw = self.encode(data)
         x, batch, num_graphs = kw.pop("x"), kw.pop("batch"), kw.pop("num_graphs")
         edge_index, edge_attr = kw.pop("edge_index"), kw.pop("edge_attr")
+        token = None
+        if self.graph_token is not None:
+            x, batch, edge_index, token, kw = self._insert_graph_token(
+                x, batch, edge_index, num_graphs, kw
+            )
         state: dict[str, Tensor] = {}
         for layer in self.layers:
             x = layer(x, edge_index, batch, edge_attr, state=state, num_graphs=num_graphs, **kw)
+        if token is not None:
+            return self.head(x.index_select(0, token))
         if self.graph_level:
             pool = scatter_mean if self.config.pool == "mean" else scatter_sum
             x = pool(x, batch, num_graphs)
         return self.head(x)
+
+    def _insert_graph_token(
+        self, x: Tensor, batch: Tensor, edge_index: Tensor, num_graphs: int, kw: dict[str, Any]
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Any]]:
+        """Graphormer's graph token: a node before the first node of each graph (so ``batch``
+        stays sorted; node ``i`` of graph ``g`` becomes ``i + g + 1``), paired with every node
+        of its graph and itself at "distance" ``max_dist + 1`` (its own bias ``t``).  Returns
+        the new ``x [N + G, C]``, ``batch``, ``edge_index`` (renumbered), the tokens' ids
+        ``[G]`` and the layers' extras with the new ``spd_index`` / ``spd_val``."""
+        N, G, dev = x.size(0), num_graphs, x.device
+        D = self.layers[0].attn.max_dist - 1  # the layers hold one more row for t
+        counts = torch.bincount(batch, minlength=G)
+        pos = torch.arange(N, device=dev) + batch + 1  # new id of node i
+        token = torch.cumsum(counts + 1, 0) - counts - 1  # new id of graph g's token
+        src = torch.empty(N + G, dtype=torch.long, device=dev)  # row of cat([x, tokens])
+        src[pos] = torch.arange(N, device=dev)
+        src[token] = torch.arange(N, N + G, device=dev)
+        x = torch.cat([x, self.graph_token.expand(G, -1)]).index_select(0, src)
+        graph_ids = torch.arange(G, device=dev)
+        new_batch = torch.cat([batch, graph_ids]).index_select(0, src)
+        spd_index, spd_val = kw["spd_index"], kw["spd_val"]
+        tb = token.index_select(0, batch)  # the token of each node's graph
+        index = torch.cat(
+            [
+                pos[spd_index],
+                torch.stack([tb, pos]),  # token -> node
+                torch.stack([pos, tb]),  # node -> token
+                torch.stack([token, token]),
+            ],
+            dim=1,
+        )
+        far = torch.full_like(spd_val, D + 2)
+        val = torch.cat(
+            [torch.where(spd_val > D, far, spd_val), spd_val.new_full((2 * N + G,), D + 1)]
+        )
+        kw = {**kw, "spd_index": index, "spd_val": val}
+        return x, new_batch, pos[edge_index], token, kw
 
     def __repr__(self) -> str:
         c = self.config

@@ -29,7 +29,7 @@ from gtpe.nn.ops import (
 __all__ = ["ATTN_TYPES", "LOCAL_TYPES", "NORM_TYPES", "GPSLayer"]
 
 LOCAL_TYPES = ("gine", "dirgine", "gatedgcn")
-ATTN_TYPES = ("full", "linear", "exphormer", "grit", "gt")
+ATTN_TYPES = ("full", "linear", "exphormer", "grit", "gt", "graphormer")
 NORM_TYPES = ("batch", "layer")
 
 
@@ -71,6 +71,10 @@ def _make_attn(
         from gtpe.nn.attention.gt import GTAttention
 
         return GTAttention(channels, heads=heads, dropout=attn_dropout, **kwargs)
+    if attn == "graphormer":
+        from gtpe.nn.attention.graphormer import GraphormerAttention
+
+        return GraphormerAttention(channels, heads=heads, dropout=attn_dropout, **kwargs)
     raise ValueError(
         f"GPSLayer: unknown attn {attn!r}; expected one of {ATTN_TYPES}, a torch.nn.Module or None"
     )
@@ -86,6 +90,8 @@ def _attn_kind(attn: torch.nn.Module) -> str:
         return "grit"
     if name == "GTAttention":
         return "gt"
+    if name == "GraphormerAttention":
+        return "graphormer"
     if isinstance(attn, torch.nn.MultiheadAttention):
         return "mha"
     return "dense"
@@ -121,7 +127,10 @@ class GPSLayer(torch.nn.Module):
             ``forward`` takes it) or ``None``.
         attn: ``'full'`` (:class:`~gtpe.nn.attention.FullAttention`), ``'linear'``
             (Performer), ``'exphormer'``, ``'grit'``, ``'gt'``
-            (:class:`~gtpe.nn.attention.GTAttention`: attention over the graph's edges), a
+            (:class:`~gtpe.nn.attention.GTAttention`: attention over the graph's edges),
+            ``'graphormer'`` (:class:`~gtpe.nn.attention.graphormer.GraphormerAttention`: full
+            attention with Graphormer's shortest-path-distance bias; ``attn_kwargs``
+            ``max_dist``, default 5), a
             module (``forward(x, batch)``, or a ``torch.nn.MultiheadAttention`` with
             ``batch_first=True``) or ``None``.
         heads: attention heads.
@@ -137,8 +146,12 @@ class GPSLayer(torch.nn.Module):
     * ``expander_index [2, M]`` -- for ``attn='exphormer'`` (:class:`gtpe.transforms.AddExpanderEdges`);
     * ``pair_index [2, M]``, ``pair_attr [M, C]`` -- for ``attn='grit'``
       (:class:`gtpe.transforms.AddRRWP` + :class:`gtpe.nn.encoders.RRWPEncoder`);
+    * ``spd_index [2, M]``, ``spd_val [M]`` -- for ``attn='graphormer'``
+      (:class:`gtpe.transforms.AddSPD`; row 0 the start of a path, row 1 its end);
     * ``num_graphs`` -- number of graphs in the batch (saves a device sync; optional);
-    * ``state`` -- a dict shared by the layers of one model forward: Exphormer keeps
+    * ``state`` -- a dict shared by the layers of one model forward (also the
+      :class:`~gtpe.nn.attention.FullAttention` cache of ``'full'`` and ``'graphormer'``:
+      the batch layout, and the checks and positions of ``spd_index``, once per batch): Exphormer keeps
       ``state['virtual_x']``, GRIT ``state['pair_index']``/``state['pair_attr']``, GatedGCN
       and GT (``update_edges``) ``state['edge_attr']`` (the updated edge features, used by the
       next layer instead of ``edge_attr``), GRIT's degree injection ``state['deg']``
@@ -339,6 +352,8 @@ class GPSLayer(torch.nn.Module):
         expander_index: Tensor | None = None,
         pair_index: Tensor | None = None,
         pair_attr: Tensor | None = None,
+        spd_index: Tensor | None = None,
+        spd_val: Tensor | None = None,
         state: dict[str, Tensor] | None = None,
         num_graphs: int | None = None,
         **kwargs: Any,
@@ -349,7 +364,7 @@ class GPSLayer(torch.nn.Module):
             raise TypeError(
                 f"GPSLayer.forward got unexpected keyword arguments "
                 f"{sorted(kwargs)} (extras are expander_index, pair_index, "
-                f"pair_attr, num_graphs, state)"
+                f"pair_attr, spd_index, spd_val, num_graphs, state)"
             )
         ea = state.get("edge_attr", edge_attr)
         self._check_inputs(x, edge_index, batch, ea, expander_index, pair_index, state, num_graphs)
@@ -376,9 +391,13 @@ class GPSLayer(torch.nn.Module):
             out = h
 
         if self.attn is not None:
-            a = self._attention(
-                x, edge_index, batch, ea, expander_index, pair_index, pair_attr, state, num_graphs
-            )
+            if self._attn_kind == "graphormer":
+                a = self._graphormer(x, batch, spd_index, spd_val, state)
+            else:
+                a = self._attention(
+                    x, edge_index, batch, ea, expander_index, pair_index, pair_attr, state,
+                    num_graphs,
+                )
             if p > 0:
                 a = F.dropout(a, p=p, training=True)
             a = a + x
@@ -459,6 +478,23 @@ class GPSLayer(torch.nn.Module):
             if err is not None:
                 return err
         return None
+
+    def _graphormer(
+        self,
+        x: Tensor,
+        batch: Tensor,
+        spd_index: Tensor | None,
+        spd_val: Tensor | None,
+        state: dict[str, Any],
+    ) -> Tensor:
+        if spd_index is None or spd_val is None:
+            raise ValueError(
+                "GPSLayer(attn='graphormer') needs spd_index and spd_val: add "
+                "gtpe.transforms.AddSPD(max_dist=...) to the dataset transforms and pass "
+                "spd_index=data.spd_index, spd_val=data.spd_val"
+            )
+        # state is FullAttention's cache: the pairs are checked and placed once per batch
+        return self.attn(x, batch, spd_index, spd_val, cache=state)
 
     def _attention(
         self,
