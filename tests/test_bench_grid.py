@@ -83,11 +83,17 @@ def test_shipped_grids_fit_the_budgets_and_have_the_baselines(path):
         assert len(runs) == len(grid.cells) >= 9
         assert all(param_count(r.config) <= budget for r in runs)
     assert grid.seeds == [0, 1, 2] and set(grid.baselines) == set(grid.axes)
-    # message-passing-only GINE and GatedGCN baselines, each without encodings
+    assert 'none' in grid.values['pe']
     plain = {(c.config.model.local, c.config.model.attn) for c in grid.cells
              if not list(c.config.model.transforms())}
-    assert {('gine', None), ('gatedgcn', None)} <= plain
-    assert 'none' in grid.values['pe']
+    if 'model' in grid.axes:
+        # grids comparing models: message-passing-only GINE and GatedGCN baselines, no encodings
+        assert {('gine', None), ('gatedgcn', None)} <= plain
+    else:
+        # the directed grids compare encodings x local layers inside GPS: the direction-blind
+        # local (GINE on the symmetrised graph) without encodings is the baseline cell
+        assert grid.baselines == {'pe': 'none', 'local': 'gine'}
+        assert ('gine', 'full') in plain and ('dirgine', 'full') in plain
 
 
 def test_two_axes_cells_in_grid_order(tmp_path):
