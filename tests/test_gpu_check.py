@@ -317,4 +317,6 @@ def test_budget_bounds_the_run():
     assert p.returncode == 1, p.stdout + p.stderr
     assert 'timeout (>' in p.stdout or 'budget spent' in p.stdout, p.stdout
     assert all(len(r) == 5 for r in table(p.stdout))
-    assert sec < 2 + 5, sec  # interpreter start and the kill, not the whole benchmark
+    # interpreter start (importing torch: up to ~12 s on a loaded 2-core machine) and the kill,
+    # not the whole benchmark (minutes)
+    assert sec < 2 + 25, sec
