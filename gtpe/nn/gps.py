@@ -17,6 +17,7 @@ from torch.nn import Dropout, Linear, ReLU, Sequential
 
 from gtpe.nn.local import GINE, DirGINE, GatedGCN
 from gtpe.nn.ops import (
+    make_norm,
     check_batch_shape,
     check_index_range,
     check_index_shape,
@@ -38,13 +39,9 @@ def _none(v: Any) -> Any:
 
 
 def _make_norm(norm: str | None, channels: int) -> torch.nn.Module | None:
-    if norm is None:
-        return None
-    if norm in ("batch", "batch_norm"):
-        return torch.nn.BatchNorm1d(channels)
-    if norm in ("layer", "layer_norm"):
-        return torch.nn.LayerNorm(channels)
-    raise ValueError(f"GPSLayer: unknown norm {norm!r}; expected one of {NORM_TYPES} or None")
+    return make_norm(
+        norm, channels, f"GPSLayer: unknown norm {norm!r}; expected one of {NORM_TYPES} or None"
+    )
 
 
 def _make_attn(

@@ -385,3 +385,17 @@ def check_index_range(owner: str, items: list[tuple[str, Tensor, int | None, str
         ids = "graph ids" if name == "batch" else "node ids"
         want = ">= 0" if bound is None else f"in [0, {what}) = [0, {bound})"
         raise ValueError(f"{owner}: {name} must hold {ids} {want}; got min {lo}, max {hi}")
+
+
+def make_norm(norm: str | None, channels: int, error: str) -> torch.nn.Module | None:
+    """``BatchNorm1d`` (``'batch'``/``'batch_norm'``), ``LayerNorm`` (``'layer'``/``'layer_norm'``)
+    or ``None`` (``None``) over ``channels`` features; any other ``norm`` raises
+    ``ValueError(error)`` (the caller's message names it and the accepted values)."""
+    if norm is None:
+        return None
+    if norm in ("batch", "batch_norm"):
+        return torch.nn.BatchNorm1d(channels)
+    if norm in ("layer", "layer_norm"):
+        return torch.nn.LayerNorm(channels)
+    raise ValueError(error)
+

@@ -47,6 +47,7 @@ from torch import Tensor
 from torch.nn import Dropout, Linear, Parameter, ReLU, Sequential
 
 from gtpe.nn.ops import (
+    make_norm,
     check_heads,
     check_index_shape,
     edge_aggregate,
@@ -61,13 +62,9 @@ _NORMS = ("batch", "layer", None)
 
 
 def _edge_norm(norm: str | None, channels: int) -> torch.nn.Module | None:
-    if norm is None:
-        return None
-    if norm in ("batch", "batch_norm"):
-        return torch.nn.BatchNorm1d(channels)
-    if norm in ("layer", "layer_norm"):
-        return torch.nn.LayerNorm(channels)
-    raise ValueError(f"GTAttention: unknown edge_norm {norm!r}; expected one of {_NORMS}")
+    return make_norm(
+        norm, channels, f"GTAttention: unknown edge_norm {norm!r}; expected one of {_NORMS}"
+    )
 
 
 class GTAttention(torch.nn.Module):
