@@ -493,6 +493,21 @@ class GPSLayer(torch.nn.Module):
         # state is FullAttention's cache: the pairs are checked and placed once per batch
         return self.attn(x, batch, spd_index, spd_val, cache=state)
 
+
+    def _attn_edge_attr(self, kind: str, edge_attr: Tensor | None) -> Tensor | None:
+        """The edge features an edge-reading attention (Exphormer, GT) gets: ``None`` when it
+        was built without them (``attn_kwargs={'edge_dim': None}``), else ``edge_attr``,
+        which must be given."""
+        if getattr(self.attn, "edge_dim", None) is None:
+            return None
+        if edge_attr is None:
+            raise ValueError(
+                f"GPSLayer(attn='{kind}') was built for edge features (edge_dim="
+                f"{self.attn.edge_dim}) but got edge_attr=None; for graphs without edge "
+                "features build it with attn_kwargs={'edge_dim': None}"
+            )
+        return edge_attr
+
     def _attention(
         self,
         x: Tensor,
@@ -517,14 +532,7 @@ class GPSLayer(torch.nn.Module):
                     "gtpe.transforms.AddExpanderEdges() to the dataset transforms and pass "
                     "expander_index=data.expander_index"
                 )
-            if getattr(self.attn, "edge_dim", None) is None:
-                edge_attr = None  # built without edge features (attn_kwargs={'edge_dim': None})
-            elif edge_attr is None:
-                raise ValueError(
-                    "GPSLayer(attn='exphormer') was built for edge features (edge_dim="
-                    f"{self.attn.edge_dim}) but got edge_attr=None; for graphs without edge "
-                    "features build it with attn_kwargs={'edge_dim': None}"
-                )
+            edge_attr = self._attn_edge_attr(kind, edge_attr)
             a, vx = self.attn(
                 x,
                 edge_index,
@@ -537,14 +545,7 @@ class GPSLayer(torch.nn.Module):
             state["virtual_x"] = vx
             return a
         if kind == "gt":
-            if self.attn.edge_dim is None:
-                edge_attr = None  # built without edge features (attn_kwargs={'edge_dim': None})
-            elif edge_attr is None:
-                raise ValueError(
-                    "GPSLayer(attn='gt') was built for edge features (edge_dim="
-                    f"{self.attn.edge_dim}) but got edge_attr=None; for graphs without edge "
-                    "features build it with attn_kwargs={'edge_dim': None}"
-                )
+            edge_attr = self._attn_edge_attr(kind, edge_attr)
             a, e = self.attn(x, edge_index, edge_attr)
             if e is not None:
                 state["edge_attr"] = e
