@@ -297,6 +297,39 @@ def test_config_from_dict_round_trip_and_errors():
     assert issubclass(ConfigError, ValueError)
 
 
+def test_config_tokengt_orf_and_edge_encoding_keys():
+    """arch / pe.orf / pe.spd.edge_encoding: validated, and left out of to_dict at their
+    defaults (so older configs keep their hashes)."""
+    import gtpe.transforms as T
+
+    tok = {"arch": "tokengt", "local": None, "attn": "full", "norm": "layer", "pool": "token"}
+    c = GPSModelConfig.from_dict({**tok, "pe": {"orf": {"dim": 8}}})
+    assert c.arch == "tokengt" and c.pe.orf.dim == 8 and c.transforms() == []
+    assert GPSModelConfig.from_dict(c.to_dict()) == c
+    assert "arch" not in GPSModelConfig().to_dict() and "orf" not in GPSModelConfig().to_dict()["pe"]
+    spd = GPSModelConfig.from_dict({"attn": "graphormer", "pe": {"spd": {"max_dist": 4}}})
+    assert "edge_encoding" not in spd.to_dict()["pe"]["spd"]
+    (t,) = spd.transforms()
+    assert isinstance(t, T.AddSPD) and t.max_dist == 4
+    bad = [
+        ({"arch": "graphormer"}, "arch must be one of"),
+        ({**tok, "local": "gine", "pe": {"orf": {}}}, "has no message passing"),
+        ({**tok, "attn": "exphormer", "pe": {"orf": {}}}, "needs attn 'full' or 'linear'"),
+        ({**tok, "norm": "batch", "pe": {"orf": {}}}, "set norm: layer"),
+        (tok, "needs node identifiers"),
+        ({**tok, "pe": {"orf": {}, "lap": {}}}, "needs node identifiers"),
+        ({**tok, "pe": {"orf": {}, "rwse": {}}}, "reads only pe.lap or pe.orf"),
+        ({"pe": {"orf": {"dim": 4}}}, r"pe.orf .* needs arch='tokengt'"),
+        ({"pe": {"orf": {"dim": 0}}}, "ORFConfig.dim must be a positive integer"),
+        ({"pool": "token"}, "needs attn='graphormer' or arch='tokengt'"),
+        ({"attn": "graphormer", "pe": {"spd": {"edge_encoding": -1}}}, "edge_encoding must be"),
+        ({"attn": "graphormer", "pe": {"spd": {"edge_encoding": True}}}, "edge_encoding must be"),
+    ]
+    for kw, msg in bad:
+        with pytest.raises(ConfigError, match=msg):
+            GPSModelConfig.from_dict(kw)
+
+
 def test_model_argument_errors_and_repr():
     cfg = GPSModelConfig(channels=16, num_layers=1)
     with pytest.raises(ValueError, match="unknown node_input"):

@@ -10,12 +10,15 @@ Example (``model:`` section of an experiment YAML)::
     dropout: 0.0
     attn_dropout: 0.0
     norm: batch          # batch | layer | none
-    pool: mean           # mean | add | token (attn: graphormer: Graphormer's graph token)
+    pool: mean           # mean | add | token (graph token: attn graphormer, or arch tokengt)
+    arch: gps            # gps (GPSModel) | tokengt (TokenGTModel: nodes and edges as tokens)
     pe:
       rwse: {walk_length: 20, dim: 16}
       lap: {k: 8, dim: 16, normalization: sym, encoder: deepset}   # encoder: deepset | transformer | signnet
       maglap: {k: 8, q: [0.0, 0.1, 0.25], dim: 16, phase: invariant}   # q: a number or a list
-      spd: {max_dist: 5}    # Graphormer's shortest-path distances (attn: graphormer)
+      spd: {max_dist: 5, edge_encoding: 0}  # Graphormer's distances (attn: graphormer);
+                            # edge_encoding: first N edges of each shortest path (0: off)
+      orf: {dim: 16}        # TokenGT's orthonormal random node identifiers (arch: tokengt)
 
 :meth:`GPSModelConfig.from_dict` builds a config from such a mapping (unknown keys are
 errors); :meth:`GPSModelConfig.to_dict` is the inverse.  Values are validated on construction.
@@ -38,6 +41,7 @@ __all__ = [
     "PEConfig",
     "RRWPConfig",
     "RWSEConfig",
+    "ORFConfig",
     "SPDConfig",
 ]
 
@@ -46,6 +50,7 @@ PHASES = ("canonical", "invariant")
 ATTNS = ("full", "linear", "exphormer", "grit", "gt", "graphormer", None)
 NORMS = ("batch", "layer", None)
 POOLS = ("mean", "add", "token")
+ARCHS = ("gps", "tokengt")
 
 
 # Metadata of fields added after configs were first saved: ``to_dict`` leaves them out while
@@ -209,14 +214,34 @@ class ExpanderConfig:
 
 @dataclass
 class SPDConfig:
-    """Graphormer's shortest-path distances: ``AddSPD(max_dist)`` (used with
-    ``attn='graphormer'`` only, ignored otherwise): one learned bias per head and distance
-    ``0..max_dist``, farther pairs share one."""
+    """Graphormer's shortest-path distances: ``AddSPD(max_dist, path_len=edge_encoding)`` (used
+    with ``attn='graphormer'`` only, ignored otherwise): one learned bias per head and distance
+    ``0..max_dist``, farther pairs share one.  ``edge_encoding`` > 0 adds Graphormer's edge
+    encoding (Eq. 7) along the first ``edge_encoding`` edges of one shortest path per pair
+    (Graphormer's ``multi_hop_max_dist``); 0 (default) leaves it out."""
 
     max_dist: int = 5
+    edge_encoding: int = field(default=0, metadata=OMIT_IF_DEFAULT)
 
     def __post_init__(self) -> None:
         _pos_int("SPDConfig", "max_dist", self.max_dist)
+        v = self.edge_encoding
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(
+                f"SPDConfig.edge_encoding must be an integer >= 0 (0: off), got {v!r}"
+            )
+
+
+@dataclass
+class ORFConfig:
+    """TokenGT's orthonormal random features as node identifiers (Kim et al., NeurIPS 2022):
+    ``dim`` columns of a random orthogonal matrix per graph, drawn in the model (used with
+    ``arch='tokengt'`` only)."""
+
+    dim: int = 16
+
+    def __post_init__(self) -> None:
+        _pos_int("ORFConfig", "dim", self.dim)
 
 
 _PE_TYPES = {
@@ -226,6 +251,7 @@ _PE_TYPES = {
     "rrwp": RRWPConfig,
     "expander": ExpanderConfig,
     "spd": SPDConfig,
+    "orf": ORFConfig,
 }
 
 
@@ -239,6 +265,7 @@ class PEConfig:
     rrwp: RRWPConfig | None = None
     expander: ExpanderConfig | None = None
     spd: SPDConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    orf: ORFConfig | None = field(default=None, metadata=OMIT_IF_DEFAULT)
 
     def __post_init__(self) -> None:
         for name, cls in _PE_TYPES.items():
@@ -275,6 +302,7 @@ class GPSModelConfig:
     norm: str | None = "batch"
     pool: str = "mean"
     pe: PEConfig = field(default_factory=PEConfig)
+    arch: str = field(default="gps", metadata=OMIT_IF_DEFAULT)
 
     def __post_init__(self) -> None:
         _pos_int("GPSModelConfig", "channels", self.channels)
@@ -291,10 +319,12 @@ class GPSModelConfig:
             raise ConfigError(f"GPSModelConfig.norm must be one of {NORMS}, got {self.norm!r}")
         if self.pool not in POOLS:
             raise ConfigError(f"GPSModelConfig.pool must be one of {POOLS}, got {self.pool!r}")
-        if self.pool == "token" and self.attn != "graphormer":
+        if self.arch not in ARCHS:
+            raise ConfigError(f"GPSModelConfig.arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.pool == "token" and self.attn != "graphormer" and self.arch != "tokengt":
             raise ConfigError(
-                f"GPSModelConfig.pool='token' (Graphormer's graph token) needs "
-                f"attn='graphormer', got attn={self.attn!r}"
+                f"GPSModelConfig.pool='token' (a graph token) needs attn='graphormer' or "
+                f"arch='tokengt', got attn={self.attn!r}"
             )
         for name in ("dropout", "attn_dropout"):
             v = getattr(self, name)
@@ -307,11 +337,45 @@ class GPSModelConfig:
             )
         if not isinstance(self.pe, PEConfig):
             self.pe = PEConfig.from_dict(_none(self.pe))
+        if self.arch == "tokengt":
+            self._check_tokengt()
+        elif self.pe.orf is not None:
+            raise ConfigError("GPSModelConfig: pe.orf (TokenGT's node identifiers) needs arch='tokengt'")
         if self.pe.concat_dim >= self.channels:
             raise ConfigError(
                 f"GPSModelConfig: the concatenated PE dims (rwse + lap + maglap = "
                 f"{self.pe.concat_dim}) must be smaller than channels ({self.channels}): the node "
                 f"embedding gets channels - pe dims features"
+            )
+
+    def _check_tokengt(self) -> None:
+        """TokenGT: a plain pre-LN Transformer over node and edge tokens (no message passing,
+        LayerNorm), full or linear attention, node identifiers from ``pe.lap`` (its raw
+        eigenvectors) or ``pe.orf``, exactly one of them."""
+        if self.local is not None:
+            raise ConfigError(
+                f"GPSModelConfig: arch='tokengt' has no message passing; set local: null, got "
+                f"local={self.local!r}"
+            )
+        if self.attn not in ("full", "linear"):
+            raise ConfigError(
+                f"GPSModelConfig: arch='tokengt' needs attn 'full' or 'linear', got {self.attn!r}"
+            )
+        if self.norm != "layer":
+            raise ConfigError(
+                f"GPSModelConfig: arch='tokengt' is a pre-LN Transformer; set norm: layer, got "
+                f"norm={self.norm!r}"
+            )
+        if (self.pe.lap is None) == (self.pe.orf is None):
+            raise ConfigError(
+                "GPSModelConfig: arch='tokengt' needs node identifiers: exactly one of pe.lap "
+                "(Laplacian eigenvectors, gtpe.transforms.AddLapPE) or pe.orf (orthonormal "
+                "random features)"
+            )
+        other = [n for n in ("rwse", "maglap", "rrwp", "expander", "spd") if getattr(self.pe, n)]
+        if other:
+            raise ConfigError(
+                f"GPSModelConfig: arch='tokengt' reads only pe.lap or pe.orf, got pe.{other[0]}"
             )
 
     # -- transforms --------------------------------------------------------------------------
@@ -339,7 +403,8 @@ class GPSModelConfig:
             out.append(T.AddExpanderEdges(degree=exp.degree))
         spd = self.spd_config
         if spd is not None:
-            out.append(T.AddSPD(max_dist=spd.max_dist))
+            kw = {"path_len": spd.edge_encoding} if spd.edge_encoding else {}
+            out.append(T.AddSPD(max_dist=spd.max_dist, **kw))
         return out
 
     @property
