@@ -3,7 +3,7 @@
     python benchmarks/train_bench.py [--quick] [--steps N] [--rounds R] [--no-scale]
 
 Rows (ZINC 12k train, batch 32, 4 layers, 64 channels, heads 4, same node/edge embeddings,
-mean pooling and MLP head for every row):
+mean pooling -- a graph token for Graphormer and TokenGT -- and MLP head for every row):
 
 * ``pyg GPSConv(GINEConv, multihead)`` -- ``torch_geometric.nn.GPSConv`` layers;
 * ``gtpe gine+full`` -- :class:`gtpe.nn.GPSLayer` (``local='gine', attn='full'``), the same
@@ -14,12 +14,26 @@ mean pooling and MLP head for every row):
   rows) -- the same model with ``FullAttention(strategy='fused')`` (pure torch: what runs where
   no C compiler is found) or ``strategy='sdpa'`` (size-bucketed
   ``scaled_dot_product_attention``);
-* ``gtpe gine+linear`` / ``gine+exphormer`` / ``grit`` (``local=None, attn='grit'``).
+* ``gtpe gine+linear`` / ``gine+exphormer`` / ``grit`` (``local=None, attn='grit'``);
+* ``gtpe graphormer`` -- ``GPSModel(local=None, attn='graphormer', pool='token', norm='layer')``
+  with ``pe.spd.max_dist = 8`` (Graphormer: spatial bias, centrality encoding, graph token);
+  ``padded graphormer`` -- the same model and weights (a deep copy) with every
+  ``FullAttention`` swapped for :class:`padded_attention.PaddedSDPAAttention`: the batch padded
+  to its largest graph, a dense ``[B, H, L, L]`` float bias and one
+  ``scaled_dot_product_attention`` call (how Graphormer's reference code batches);
+* ``gtpe tokengt`` -- ``gtpe.models.model_class(cfg)`` for ``arch='tokengt'`` (nodes and edges
+  as tokens, Laplacian node identifiers ``k = 8``, full attention, token readout); ``padded
+  tokengt`` -- its swapped copy, as above.
+
+Rows with a padded twin (``graphormer``, ``tokengt``) check before timing that the twin's
+forward output equals theirs on one batch (eval mode, ``assert_close`` 1e-4), and the table's
+``vs padded`` column is padded median / gtpe median (wall); a summary line per pair prints the
+wall and CPU ratios against the 1.5x target.
 
 Each step is forward + backward + Adam step on a pre-collated mini-batch (collation and PE
 precomputation are excluded). The models are timed interleaved, in ``--rounds`` rounds of
 ``--steps`` steps each (after warm-up), so that load from other processes hits all rows alike;
-graphs/s = batch size / median step time.  The ratio column is relative to the PyG row.
+graphs/s = batch size / median step time.  The ``vs PyG`` columns are relative to the PyG row.
 
 Scale row: one ``GPSLayer(local='gine', attn='exphormer')`` (64 channels) on a single random
 graph with 100,000 nodes and 1,000,000 directed edges (+ a degree-3 expander overlay),
@@ -40,6 +54,7 @@ import json
 import os
 import statistics
 import sys
+import copy
 import time
 from collections.abc import Callable
 
@@ -48,11 +63,19 @@ from torch.nn import Embedding, Linear, ReLU, Sequential
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # padded_attention
 os.environ.setdefault("GTPE_MIRROR", os.path.join(os.path.dirname(_REPO), "shared", "data"))
 
 from torch_geometric.data import Batch, Data
 
 BATCH = 32
+DEFAULT_ROWS = (
+    "pyg", "full", "linear", "exphormer", "grit",
+    "graphormer", "graphormer-padded", "tokengt", "tokengt-padded",
+)
+# rows whose model comes from transformer_model(), and their padded twins (key -> gtpe key)
+TRANSFORMERS = ("graphormer", "tokengt")
+PADDED = {f"{k}-padded": k for k in TRANSFORMERS}
 LAYERS = 4
 CHANNELS = 64
 HEADS = 4
@@ -152,6 +175,59 @@ def gtpe_model(local: str | None, attn: str, node_vocab: int, edge_vocab: int):
         edge_input="embedding",
         edge_in_dim=edge_vocab,
     ), cfg
+
+
+def transformer_model(kind: str, node_vocab: int, edge_vocab: int):
+    """``kind='graphormer'``: GPSModel(local=None, attn='graphormer', graph token, SPD up to 8);
+    ``kind='tokengt'``: the model class of ``arch='tokengt'`` (LapPE k=8 node identifiers)."""
+    from gtpe.models import GPSModel, GPSModelConfig, PEConfig
+
+    common = dict(
+        channels=CHANNELS, num_layers=LAYERS, local=None, heads=HEADS, norm="layer", pool="token"
+    )
+    if kind == "graphormer":
+        from gtpe.models import SPDConfig
+
+        cfg = GPSModelConfig(attn="graphormer", pe=PEConfig(spd=SPDConfig(max_dist=8)), **common)
+        cls = GPSModel
+    else:
+        from gtpe.models import LapPEConfig, model_class
+
+        cfg = GPSModelConfig(arch="tokengt", attn="full", pe=PEConfig(lap=LapPEConfig(k=8)), **common)
+        cls = model_class(cfg)
+    model = cls(
+        cfg,
+        out_dim=1,
+        node_input="embedding",
+        node_in_dim=node_vocab,
+        edge_input="embedding",
+        edge_in_dim=edge_vocab,
+    )
+    return model, cfg
+
+
+def padded_twin(model: torch.nn.Module, batch: Batch) -> torch.nn.Module:
+    """A deep copy of ``model`` (same weights) with every FullAttention replaced by the padded
+    SDPA one; checks (eval mode) that its output equals ``model``'s on ``batch``."""
+    from padded_attention import swap_full_attention
+
+    twin = copy.deepcopy(model)
+    n = swap_full_attention(twin)
+    if n == 0:
+        raise ValueError(f"{type(model).__name__} has no FullAttention to swap")
+    mode = model.training
+    model.eval()
+    twin.eval()
+    with torch.no_grad():
+        ref, out = model(batch), twin(batch)
+    model.train(mode)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    err = (out - ref).abs().max().item()
+    print(
+        f"# checked: padded twin of {type(model).__name__} ({n} FullAttention swapped) gives "
+        f"the same output on one batch (eval, max |diff| {err:.1e} <= 1e-4)"
+    )
+    return twin
 
 
 def make_step(model: torch.nn.Module) -> Callable[[Batch], float]:
@@ -285,8 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument(
         "--rows",
-        default="pyg,full,linear,exphormer,grit",
-        help="comma list of rows (pyg, full, full-fused, full-sdpa, linear, exphormer, grit)",
+        default=",".join(DEFAULT_ROWS),
+        help="comma list of rows (pyg, full, full-fused, full-sdpa, linear, exphormer, grit, "
+        "graphormer, graphormer-padded, tokengt, tokengt-padded)",
     )
     ap.add_argument("--no-scale", action="store_true", help="skip the 100k-node Exphormer row")
     ap.add_argument("--scale-nodes", type=int, default=None)
@@ -313,15 +390,34 @@ def main(argv: list[str] | None = None) -> None:
         "linear": ("gtpe GPSLayer gine+linear", "gine", "linear"),
         "exphormer": ("gtpe GPSLayer gine+exphormer", "gine", "exphormer"),
         "grit": ("gtpe GPSLayer grit (no local)", None, "grit"),
+        "graphormer": ("gtpe graphormer (token, spd 8)", None, None),
+        "graphormer-padded": ("padded graphormer (1 sdpa call)", None, None),
+        "tokengt": ("gtpe tokengt (token, lap 8)", None, None),
+        "tokengt-padded": ("padded tokengt (1 sdpa call)", None, None),
     }
     rows: dict[str, dict] = {}
+    keys: dict[str, str] = {}  # row key -> row name, for the 'vs pad' pairs
     base_batches = make_batches(graphs, nb, [])
+    built: dict[str, tuple] = {}  # transformer kind -> (model on device, batches on device)
+
+    def build_transformer(kind: str) -> tuple:
+        if kind not in built:  # built once for its row and its padded twin (same weights)
+            model, cfg = transformer_model(kind, node_vocab, edge_vocab)
+            batches = make_batches(graphs, nb, cfg.transforms())
+            built[kind] = (model.to(device), [b.to(device) for b in batches])
+        return built[kind]
+
     for key in wanted:
         if key not in spec:
             raise SystemExit(f"train_bench: unknown row {key!r}; choose from {sorted(spec)}")
         name, local, attn = spec[key]
         try:
-            if key == "pyg":
+            if key in TRANSFORMERS:
+                model, batches = build_transformer(key)
+            elif key in PADDED:
+                base, batches = build_transformer(PADDED[key])
+                model = padded_twin(base, batches[0])
+            elif key == "pyg":
                 model = PyGGPS(node_vocab, edge_vocab)
                 batches = base_batches
             else:
@@ -335,6 +431,7 @@ def main(argv: list[str] | None = None) -> None:
             batches = [b.to(device) for b in batches]
             params = sum(p.numel() for p in model.parameters())
             rows[name] = {"step": make_step(model), "batches": batches, "params": params}
+            keys[key] = name
         except Exception as exc:  # noqa: BLE001 - a broken row must not stop the others
             print(f"# row {name!r} skipped: {type(exc).__name__}: {exc}")
 
@@ -352,10 +449,18 @@ def main(argv: list[str] | None = None) -> None:
         "# wall = median wall-clock ms/step (graphs/s and 'vs PyG' from it); cpu = median "
         "process CPU ms/step (less sensitive to other load)"
     )
+    print(
+        "# vs padded = median wall ms of the padded-SDPA twin / this row's (gtpe rows with a "
+        "padded twin; the padded row itself: 1.00x)"
+    )
+    pad_of: dict[str, str] = {}  # row name -> its padded twin's row name
+    for pkey, key in PADDED.items():
+        if pkey in keys and key in keys:
+            pad_of[keys[key]] = pad_of[keys[pkey]] = keys[pkey]
     ref = ref_cpu = None
     print(
         f"{'model':36s} {'params':>7s} {'wall ms':>8s} {'graphs/s':>9s} {'vs PyG':>7s} "
-        f"{'cpu ms':>7s} {'vs PyG':>7s}"
+        f"{'cpu ms':>7s} {'vs PyG':>7s} {'vs padded':>9s}"
     )
     for name, r in rows.items():
         med = statistics.median(r["times"])
@@ -365,10 +470,22 @@ def main(argv: list[str] | None = None) -> None:
             ref, ref_cpu = gps, cpu
         ratio = f"{gps / ref:6.2f}x" if ref else "      -"
         ratio_cpu = f"{ref_cpu / cpu:6.2f}x" if ref_cpu else "      -"
+        pad = "      -"
+        if name in pad_of:
+            pad = f"{statistics.median(rows[pad_of[name]]['times']) / med:6.2f}x"
         print(
             f"{name:36s} {r['params']:7d} {med * 1e3:8.2f} {gps:9.1f} {ratio:>7s} "
-            f"{cpu * 1e3:7.2f} {ratio_cpu:>7s}"
+            f"{cpu * 1e3:7.2f} {ratio_cpu:>7s} {pad:>9s}"
         )
+    for pkey, key in PADDED.items():
+        if pkey in keys and key in keys:
+            g, p = rows[keys[key]], rows[keys[pkey]]
+            wall = statistics.median(p["times"]) / statistics.median(g["times"])
+            cpu = statistics.median(p["cpu"]) / statistics.median(g["cpu"])
+            print(
+                f"# {key}: padded SDPA / gtpe = {wall:.2f}x wall, {cpu:.2f}x cpu "
+                f"(target >= 1.5x: {'met' if min(wall, cpu) >= 1.5 else 'NOT met'})"
+            )
 
     if not args.no_scale:
         n = args.scale_nodes or (10_000 if args.quick else 100_000)
