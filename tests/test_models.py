@@ -304,6 +304,8 @@ def test_config_tokengt_orf_and_edge_encoding_keys():
 
     tok = {"arch": "tokengt", "local": None, "attn": "full", "norm": "layer", "pool": "token"}
     c = GPSModelConfig.from_dict({**tok, "pe": {"orf": {"dim": 8}}})
+    # TokenGT concatenates no PE: pe.lap.dim is not checked against channels
+    assert GPSModelConfig.from_dict({**tok, "channels": 16, "pe": {"lap": {"k": 4}}}).channels == 16
     assert c.arch == "tokengt" and c.pe.orf.dim == 8 and c.transforms() == []
     assert GPSModelConfig.from_dict(c.to_dict()) == c
     assert "arch" not in GPSModelConfig().to_dict() and "orf" not in GPSModelConfig().to_dict()["pe"]

@@ -278,7 +278,8 @@ class PEConfig:
 
     @property
     def concat_dim(self) -> int:
-        """Total size of the PEs concatenated to the node embedding (RWSE, LapPE, MagLapPE)."""
+        """Total size of the PEs concatenated to the node embedding (RWSE, LapPE, MagLapPE) by
+        ``GPSModel`` (TokenGT reads ``pe.lap``'s eigenvectors, not its ``dim``)."""
         return sum(c.dim for c in (self.rwse, self.lap, self.maglap) if c is not None)
 
     @classmethod
@@ -341,7 +342,7 @@ class GPSModelConfig:
             self._check_tokengt()
         elif self.pe.orf is not None:
             raise ConfigError("GPSModelConfig: pe.orf (TokenGT's node identifiers) needs arch='tokengt'")
-        if self.pe.concat_dim >= self.channels:
+        if self.arch == "gps" and self.pe.concat_dim >= self.channels:
             raise ConfigError(
                 f"GPSModelConfig: the concatenated PE dims (rwse + lap + maglap = "
                 f"{self.pe.concat_dim}) must be smaller than channels ({self.channels}): the node "

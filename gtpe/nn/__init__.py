@@ -5,7 +5,10 @@
   passing (:class:`DirGINE`: in- and out-edges of directed graphs with separate weights);
 * :class:`FullAttention`, :class:`LinearAttention`, :class:`ExphormerAttention`,
   :class:`GRITAttention`, :class:`GTAttention` (``attention/``);
-* PE and feature encoders (``encoders/``).
+* PE and feature encoders (``encoders/``);
+* :class:`TransformerLayer` (``transformer.py``) -- a plain pre-LN Transformer encoder layer;
+  :class:`GraphTokenizer`, :class:`LapNodeIdentifier`, :class:`ORFNodeIdentifier`,
+  :func:`orthonormal_random_features` (``tokengt.py``) -- TokenGT's node and edge tokens.
 """
 
 from gtpe.nn.attention import (
@@ -32,6 +35,13 @@ from gtpe.nn.encoders import (
 )
 from gtpe.nn.gps import GPSLayer
 from gtpe.nn.local import GINE, DirGINE, GatedGCN
+from gtpe.nn.tokengt import (
+    GraphTokenizer,
+    LapNodeIdentifier,
+    ORFNodeIdentifier,
+    orthonormal_random_features,
+)
+from gtpe.nn.transformer import TransformerLayer
 
 __all__ = [
     "GINE",
@@ -46,14 +56,19 @@ __all__ = [
     "GraphormerAttention",
     "GraphormerBias",
     "GatedGCN",
+    "GraphTokenizer",
+    "LapNodeIdentifier",
     "LapPEEncoder",
     "LinearAttention",
     "LinearEncoder",
     "MagLapPEEncoder",
+    "ORFNodeIdentifier",
     "OGBAtomEncoder",
     "OGBBondEncoder",
     "RRWPEncoder",
     "RWSEEncoder",
     "SignNetEncoder",
     "SinusoidEncoder",
+    "TransformerLayer",
+    "orthonormal_random_features",
 ]

@@ -318,16 +318,17 @@ def _param_count(model_json: str, dataset: str) -> int:
     import torch
 
     from gtpe.datasets import dataset_info
+    from gtpe.models import model_class
     from gtpe.models.config import GPSModelConfig
-    from gtpe.models.gps_model import GPSModel
 
     info = dataset_info(dataset)
     config = GPSModelConfig.from_dict(json.loads(model_json))
     with torch.random.fork_rng(devices=[]):  # some layers draw at construction: keep the RNG
-        model = GPSModel(config, out_dim=info.num_tasks, node_input=info.node_input,
-                         node_in_dim=info.node_in_dim, edge_input=info.edge_input,
-                         edge_in_dim=info.edge_in_dim, graph_level=info.level == 'graph',
-                         directed=info.directed)
+        model = model_class(config)(
+            config, out_dim=info.num_tasks, node_input=info.node_input,
+            node_in_dim=info.node_in_dim, edge_input=info.edge_input,
+            edge_in_dim=info.edge_in_dim, graph_level=info.level == 'graph',
+            directed=info.directed)
     return sum(p.numel() for p in model.parameters())
 
 
@@ -366,7 +367,8 @@ def channels_for_budget(config: ExperimentConfig, budget: int, where: str = 'mod
     smallest width exceeds the budget."""
     m = config.model
     step = m.heads if m.attn is not None else 1
-    k_min = m.pe.concat_dim // step + 1  # smallest k with k * step > concat dims
+    concat = m.pe.concat_dim if m.arch == 'gps' else 0  # TokenGT concatenates no PE
+    k_min = concat // step + 1  # smallest k with k * step > concat dims
 
     def fits(k: int) -> bool:
         return param_count(config, k * step) <= budget

@@ -236,14 +236,17 @@ def _check_metric_defined(info: Any, split: str, graphs: list, limit: int) -> No
 
 
 def build_model(config: ExperimentConfig, info: Any) -> torch.nn.Module:
-    """:class:`gtpe.models.GPSModel` sized for the dataset described by ``info``: pooled output
-    for graph-level datasets, per node otherwise; ``directed=info.directed`` (a directed
-    dataset's direction-blind layers get the symmetrised graph)."""
-    from gtpe.models import GPSModel
-    return GPSModel(config.model, out_dim=info.num_tasks, node_input=info.node_input,
-                    node_in_dim=info.node_in_dim, edge_input=info.edge_input,
-                    edge_in_dim=info.edge_in_dim, graph_level=info.level == 'graph',
-                    directed=bool(getattr(info, 'directed', False)))
+    """The model of ``config.model`` (:func:`gtpe.models.model_class`: :class:`gtpe.models.GPSModel`
+    or, ``arch='tokengt'``, :class:`gtpe.models.TokenGTModel`) sized for the dataset described by
+    ``info``: pooled output for graph-level datasets, per node otherwise;
+    ``directed=info.directed`` (a directed dataset's direction-blind layers get the symmetrised
+    graph)."""
+    from gtpe.models import model_class
+    return model_class(config.model)(
+        config.model, out_dim=info.num_tasks, node_input=info.node_input,
+        node_in_dim=info.node_in_dim, edge_input=info.edge_input,
+        edge_in_dim=info.edge_in_dim, graph_level=info.level == 'graph',
+        directed=bool(getattr(info, 'directed', False)))
 
 
 def _fused_devices() -> set[str]:
