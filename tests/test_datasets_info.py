@@ -17,7 +17,8 @@ from gtpe.datasets.metrics import higher_is_better
 
 def test_list_and_info_fields():
     assert list_datasets() == ['zinc', 'ogbg-molhiv', 'peptides-func', 'cora', 'citeseer',
-                               'sorting-networks', 'dag-distance']
+                               'sorting-networks', 'dag-distance', 'ogbn-arxiv', 'ogbn-products',
+                               'sbm-1000', 'sbm-10000', 'sbm-100000', 'sbm-1000000']
     names = {f.name for f in dataclasses.fields(DatasetInfo)}
     assert {'name', 'level', 'task', 'metric', 'higher_is_better', 'num_tasks', 'node_input',
             'node_in_dim', 'edge_input', 'edge_in_dim', 'num_graphs', 'splits'} <= names
@@ -26,7 +27,7 @@ def test_list_and_info_fields():
         assert info.higher_is_better == higher_is_better(info.metric)
         if info.level in ('graph', 'node-inductive'):
             assert sum(info.splits.values()) == info.num_graphs
-        assert info.directed == (name in ('sorting-networks', 'dag-distance'))
+        assert info.directed == (name in ('sorting-networks', 'dag-distance', 'ogbn-arxiv'))
 
 
 @pytest.mark.parametrize('name,expected', [
@@ -77,12 +78,12 @@ def test_describe_is_json_and_table(tmp_path, monkeypatch):
     header = table[0]
     assert header.split() == ['name', 'level', 'graphs', 'task', 'metric', 'splits',
                               '(train/val/test)', 'source', 'cached']
-    rows = table[2:9]
+    rows = table[2:2 + len(list_datasets())]
     assert [r.split()[0] for r in rows] == list_datasets()
     col = header.index('metric')                                   # aligned columns
-    assert [r[col:].split()[0] for r in rows] == ['mae', 'rocauc', 'ap', 'accuracy', 'accuracy',
-                                                  'accuracy', 'accuracy']
+    assert [r[col:].split()[0] for r in rows] == ['mae', 'rocauc', 'ap'] + ['accuracy'] * 10
     col = header.index('source')
-    assert [r[col:].split()[0] for r in rows] == ['official'] * 5 + ['generated'] * 2
-    assert rows[-1].split()[1] == 'node-inductive' and '3,000/500/500 ' in rows[-1]
+    assert [r[col:].split()[0] for r in rows] == (['official'] * 5 + ['generated'] * 2
+                                                  + ['official'] * 2 + ['generated'] * 4)
+    assert rows[6].split()[1] == 'node-inductive' and '3,000/500/500 ' in rows[6]
     assert all(r.rstrip().endswith('no') for r in rows)

@@ -1,10 +1,13 @@
-"""Benchmark datasets for gtpe: ZINC (12k), ogbg-molhiv, Peptides-func, Cora, CiteSeer, and two
-directed datasets generated locally from a seed: ``sorting-networks`` (graph level) and
-``dag-distance`` (node level on many graphs, ``level='node-inductive'``).
+"""Benchmark datasets for gtpe: ZINC (12k), ogbg-molhiv, Peptides-func, Cora, CiteSeer, the large
+node-level ogbn-arxiv (directed) and ogbn-products, two directed datasets generated locally from a
+seed: ``sorting-networks`` (graph level) and ``dag-distance`` (node level on many graphs,
+``level='node-inductive'``), and the generated scale family ``sbm-<N>`` (a stochastic block
+model with ``N`` nodes, 100 to 10,000,000).
 
 ``load_dataset(name)`` returns ``{'train', 'val', 'test'}`` PyG datasets equal to the official ones
-(PyG ``ZINC(subset=True)``, OGB ``ogbg-molhiv``, PyG ``LRGBDataset``, PyG ``Planetoid``), built from
-the official sources or, offline, from the mirror folder in ``$GTPE_MIRROR``, and cached under the
+(PyG ``ZINC(subset=True)``, OGB ``ogbg-molhiv``, PyG ``LRGBDataset``, PyG ``Planetoid``, OGB
+``NodePropPredDataset``), built from the official sources or, offline, from the mirror folder in
+``$GTPE_MIRROR`` (none exists for ``ogbn-*``: OGB's download only), and cached under the
 data root (``root=``, else ``$GTPE_DATA_ROOT``, else ``$XDG_CACHE_HOME/gtpe``, default
 ``~/.cache/gtpe``).
 
@@ -54,7 +57,8 @@ _WHERE = {
 
 
 _SUBMODULES = ('base', 'cache', 'catalog', 'dag_distance', 'errors', 'info', 'load', 'metrics',
-               'mirror', 'molhiv', 'peptides', 'planetoid', 'smiles', 'sorting_networks', 'zinc')
+               'mirror', 'molhiv', 'ogbn', 'peptides', 'planetoid', 'sbm', 'smiles',
+               'sorting_networks', 'zinc')
 
 
 def __getattr__(name: str):

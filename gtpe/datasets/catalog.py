@@ -45,13 +45,16 @@ def read_manifest(folder: Path) -> dict | None:
 
 def describe(name: str, root: str | os.PathLike | None = None) -> dict:
     """JSON-able facts about ``name`` without loading it: registry values, the data folder, the
-    source in use (``source_kind``: ``'mirror'``, ``'official'`` or, for a dataset generated from
-    a seed, ``'generated'``) and, when a processed cache exists, the counts it holds."""
+    source in use (``source_kind``: ``'mirror'``, ``'official'`` (always for the datasets without
+    a mirror, ``ogbn-*``) or, for a dataset generated from a seed, ``'generated'``) and, when a
+    processed cache exists, the counts it holds."""
     info = dataset_info(name)
     root = data_root(root)
     out = info.to_dict()
     if info.generator:  # generated locally from a seed: the mirror plays no part
         out['source_kind'], out['mirror'] = 'generated', None
+    elif info.official_only:  # ogbn-*: no mirror exists, always OGB's download
+        out['source_kind'], out['mirror'] = 'official', None
     else:
         try:
             mirror = mirror_root()

@@ -1,14 +1,21 @@
 """Registry of the datasets gtpe can load: static facts (task, metric, input encoders, published
 counts; for the generated datasets the counts of the shipped seed) as :class:`DatasetInfo`, and
-name resolution with close-match suggestions (no torch import)."""
+name resolution with close-match suggestions (no torch import).
+
+Besides the fixed names there is one family, ``sbm-<N>`` (:mod:`gtpe.datasets.sbm`): any ``N``
+from 100 to 10,000,000 (``sbm-10k``, ``sbm-1m`` accepted, canonical ``sbm-<digits>``); its
+counts follow from ``N``. :func:`list_datasets` names the sizes in ``sbm.LISTED_SIZES``."""
 from __future__ import annotations
 
 import difflib
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 
+from . import sbm as _sbm
 from .errors import DatasetError
 
-__all__ = ['SPLITS', 'DatasetInfo', 'dataset_info', 'list_datasets', 'resolve_name']
+__all__ = ['SPLITS', 'DatasetInfo', 'dataset_info', 'generator_args', 'list_datasets',
+           'resolve_name']
 
 SPLITS = ('train', 'val', 'test')
 
@@ -28,7 +35,9 @@ class DatasetInfo:
     ``splits`` holds graphs per split (graph and node-inductive level) or nodes per mask (node
     level). ``directed``: ``edge_index`` lists each directed edge once, in its direction (not
     symmetrised). ``generator``: the :mod:`gtpe.datasets` module that generates the dataset
-    locally from a seed (``''``: downloaded, or read from the mirror).
+    locally from a seed (``''``: downloaded, or read from the mirror). ``mirror_dir`` is ``''``
+    for generated datasets and for those read only from their official source
+    (:attr:`official_only`: ``ogbn-arxiv``, ``ogbn-products``; no offline mirror exists).
     """
     name: str
     level: str                      # 'graph' | 'node' | 'node-inductive'
@@ -51,6 +60,11 @@ class DatasetInfo:
     citation: str = ''
     directed: bool = False          # edge_index holds directed edges, not symmetrised
     generator: str = ''             # gtpe.datasets.<generator> builds it from a seed
+
+    @property
+    def official_only(self) -> bool:
+        """Downloaded by the official loader even when ``$GTPE_MIRROR`` is set (no mirror)."""
+        return not self.generator and not self.mirror_dir
 
     @property
     def avg_nodes(self) -> float:
@@ -127,6 +141,23 @@ _REGISTRY: dict[str, DatasetInfo] = {
         citation='directed distances as in Geisler et al., Transformers Meet Directed Graphs, '
                  'ICML 2023',
         directed=True, generator='dag_distance'),
+    'ogbn-arxiv': DatasetInfo(
+        name='ogbn-arxiv', level='node', task='multiclass', metric='accuracy',
+        higher_is_better=True, num_tasks=40, node_input='linear', node_in_dim=128,
+        edge_input=None, edge_in_dim=0,
+        num_graphs=1, splits={'train': 90_941, 'val': 29_799, 'test': 48_603},
+        num_node_features=128, num_edge_features=0, num_nodes=169_343, num_edges=1_166_243,
+        source="ogb.nodeproppred.NodePropPredDataset('ogbn-arxiv') + get_idx_split()",
+        citation='Hu et al., Open Graph Benchmark, NeurIPS 2020', directed=True),
+    'ogbn-products': DatasetInfo(
+        name='ogbn-products', level='node', task='multiclass', metric='accuracy',
+        higher_is_better=True, num_tasks=47, node_input='linear', node_in_dim=100,
+        edge_input=None, edge_in_dim=0,
+        num_graphs=1, splits={'train': 196_615, 'val': 39_323, 'test': 2_213_091},
+        num_node_features=100, num_edge_features=0, num_nodes=2_449_029,
+        num_edges=123_718_280,     # 61,859,140 undirected edges, both directions (OGB)
+        source="ogb.nodeproppred.NodePropPredDataset('ogbn-products') + get_idx_split()",
+        citation='Hu et al., Open Graph Benchmark, NeurIPS 2020'),
 }
 
 # Accepted spellings (compared after lower-casing and mapping '_' to '-').
@@ -136,12 +167,29 @@ _ALIASES = {
     'peptidesfunc': 'peptides-func', 'peptides-functional': 'peptides-func',
     'sorting-network': 'sorting-networks', 'sortingnetworks': 'sorting-networks',
     'dag-distances': 'dag-distance', 'dagdistance': 'dag-distance',
+    'arxiv': 'ogbn-arxiv', 'products': 'ogbn-products',
 }
 
 
+@lru_cache(maxsize=64)
+def _sbm_info(n: int) -> DatasetInfo:
+    return DatasetInfo(
+        name=f'sbm-{n}', level='node', task='multiclass', metric='accuracy',
+        higher_is_better=True, num_tasks=_sbm.NUM_CLASSES, node_input='linear',
+        node_in_dim=_sbm.NUM_FEATURES, edge_input=None, edge_in_dim=0,
+        num_graphs=1, splits=_sbm.split_counts(n),
+        num_node_features=_sbm.NUM_FEATURES, num_edge_features=0, num_nodes=n,
+        num_edges=_sbm.AVG_DEGREE * n,
+        source=f'generated locally: gtpe.datasets.sbm.build({n}, seed={_sbm.SEED})',
+        citation='Holland, Laskey & Leinhardt, Stochastic blockmodels: First steps, '
+                 'Social Networks 1983',
+        generator='sbm')
+
+
 def list_datasets() -> list[str]:
-    """Names accepted by :func:`gtpe.datasets.load_dataset`."""
-    return list(_REGISTRY)
+    """The datasets' names (:func:`gtpe.datasets.load_dataset` also accepts every other size of
+    the ``sbm-<N>`` family and the aliases)."""
+    return list(_REGISTRY) + [f'sbm-{n}' for n in _sbm.LISTED_SIZES]
 
 
 def resolve_name(name: str) -> str:
@@ -152,14 +200,27 @@ def resolve_name(name: str) -> str:
     key = _ALIASES.get(key, key)
     if key in _REGISTRY:
         return key
+    n = _sbm.parse_name(key, name)            # DatasetError for a malformed sbm-<N>
+    if n is not None:
+        return f'sbm-{n}'
     candidates = list(_REGISTRY) + list(_ALIASES)
     close = difflib.get_close_matches(key, candidates, n=3, cutoff=0.5)
     close = list(dict.fromkeys(_ALIASES.get(c, c) for c in close))
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ''
     raise DatasetError(f'unknown dataset {name!r}{hint} '
-                       f"(known datasets: {', '.join(_REGISTRY)})")
+                       f"(known datasets: {', '.join(_REGISTRY)}, sbm-<N>)")
 
 
 def dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` of ``name`` (aliases such as ``'molhiv'`` are accepted)."""
-    return _REGISTRY[resolve_name(name)]
+    key = resolve_name(name)
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    return _sbm_info(_sbm.parse_name(key))
+
+
+def generator_args(name: str) -> dict:
+    """Keyword arguments of the generator's ``build``/``cache_params`` that pick the dataset
+    (``{'num_nodes': N}`` for ``sbm-<N>``; ``{}`` for the others)."""
+    key = resolve_name(name)
+    return {} if key in _REGISTRY else {'num_nodes': _sbm.parse_name(key)}

@@ -17,16 +17,19 @@ from typing import Any
 from gtpe._progress import heartbeat
 
 from . import cache as _cache
+from . import ogbn
 from .base import SPLITS, GraphDataset
 from .catalog import DATA_ROOT_ENV, data_root, datasets_table, describe
 from .errors import DatasetError
-from .info import dataset_info
+from .info import dataset_info, generator_args
 from .mirror import mirror_paths, mirror_root
 
 _SMILES_DATASETS = ('ogbg-molhiv', 'peptides-func')
 # wall time of a build from the mirror on a 2-core machine (datasets/README.md, "Build and load times")
 _BUILD_TIME = {'ogbg-molhiv': 'about a minute', 'peptides-func': 'one to two minutes',
                'sorting-networks': 'about 6-10 s', 'dag-distance': 'about a second'}
+# sbm-<N>: about 4 s per million nodes, generation and cache together (datasets/README.md)
+_SBM_SECONDS_PER_MILLION = 4
 
 log = logging.getLogger('gtpe.datasets')
 
@@ -55,10 +58,10 @@ def _source_key(name: str) -> tuple[str, dict | None, dict]:
     if generator is not None:
         import numpy
         key['source'] = 'generated'
-        key['generator'] = generator.cache_params()
+        key['generator'] = generator.cache_params(**generator_args(name))
         key['numpy'] = numpy.__version__
         return 'generated', None, key
-    mirror = mirror_root()
+    mirror = None if dataset_info(name).official_only else mirror_root()
     if mirror is not None:
         verify = os.environ.get('GTPE_MIRROR_VERIFY', '1').strip() != '0'
         files = mirror_paths(name, mirror, verify=verify)
@@ -71,7 +74,7 @@ def _source_key(name: str) -> tuple[str, dict | None, dict]:
     import torch_geometric
     key['source'] = 'official'
     key['torch_geometric'] = torch_geometric.__version__
-    if name == 'ogbg-molhiv':
+    if name == 'ogbg-molhiv' or name in ogbn.NAMES:
         import ogb
         key['ogb'] = ogb.__version__
     return 'official', None, key
@@ -81,7 +84,7 @@ def _build(name: str, kind: str, files: dict | None, folder: Path, progress: boo
            resume_dir: Path | None = None) -> dict:
     from . import molhiv, peptides, planetoid, zinc
     if kind == 'generated':
-        return _generator(name).build(progress=progress)
+        return _generator(name).build(progress=progress, **generator_args(name))
     if kind == 'mirror':
         if name == 'zinc':
             return zinc.build_mirror(files, progress)
@@ -98,6 +101,8 @@ def _build(name: str, kind: str, files: dict | None, folder: Path, progress: boo
             return molhiv.build_official(official, progress)
         if name == 'peptides-func':
             return peptides.build_official(official, progress)
+        if name in ogbn.NAMES:     # no mirror: says where to put OGB's files when offline
+            return ogbn.build_official(name, official, progress)
         return planetoid.build_official(name, official, progress)
     except urllib.error.URLError as exc:  # no network, proxy, DNS: say what to do instead
         raise DatasetError(
@@ -117,15 +122,21 @@ def _stats(splits: dict) -> dict:
     return out
 
 
+def _generated_time(name: str) -> str:
+    """Expected generation time of a family member (``sbm-<N>``)."""
+    seconds = _SBM_SECONDS_PER_MILLION * dataset_info(name).num_nodes / 1e6
+    return 'about a second' if seconds < 1.5 else f'about {seconds:.0f} s'
+
+
 def _build_notice(name: str, kind: str, folder: Path, reason: str) -> str:
     """One line saying that a (long, first-time) build starts: what, from where, into where."""
     info = dataset_info(name)
     if kind == 'generated':
+        took = _BUILD_TIME.get(name) or _generated_time(name)
         if reason == 'missing':
             return (f'gtpe: generating {name} (gtpe.datasets.{info.generator}, seed '
-                    f'{_generator(name).SEED}) into {folder} (first time only, '
-                    f'{_BUILD_TIME[name]})')
-        return f'gtpe: regenerating {name} into {folder} ({reason}, {_BUILD_TIME[name]})'
+                    f'{_generator(name).SEED}) into {folder} (first time only, {took})')
+        return f'gtpe: regenerating {name} into {folder} ({reason}, {took})'
     if kind == 'mirror':
         source = f'the mirror {mirror_root() / info.mirror_dir}'
         took = _BUILD_TIME.get(name, 'a few seconds')
@@ -194,8 +205,10 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
 
     Sources: the offline mirror in ``$GTPE_MIRROR`` when set (files checked against their sha256),
     else the official loaders (PyG ``ZINC``/``LRGBDataset``/``Planetoid``, OGB);
-    ``sorting-networks`` and ``dag-distance`` are generated locally from their fixed seed (no
-    download; the mirror plays no part). The processed result is cached under
+    ``ogbn-arxiv`` and ``ogbn-products`` always come from OGB's download (no mirror exists;
+    :mod:`gtpe.datasets.ogbn` says where to put the files offline); ``sorting-networks``,
+    ``dag-distance`` and ``sbm-<N>`` are generated locally from their fixed seed (no download;
+    the mirror plays no part). The processed result is cached under
     ``<root>/<name>/processed`` and rebuilt when stale or corrupt; ``root`` is the argument, else
     ``$GTPE_DATA_ROOT``, else ``$XDG_CACHE_HOME/gtpe`` (default ``~/.cache/gtpe``), never the
     current folder (:func:`data_root`). Node-level datasets return
