@@ -52,6 +52,23 @@ def molecules(sizes=(6, 1, 9, 4), seed=0, disconnected=True):
     return out
 
 
+def trees(sizes=(7, 1, 9, 5), seed=0):
+    """Random forests (every shortest path unique), both edge directions with their own bond
+    types; graph 0 has two components."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for k, n in enumerate(sizes):
+        parent = [int(torch.randint(0, i, (1,), generator=g)) for i in range(1, n)]
+        ei = torch.tensor([parent, list(range(1, n))], dtype=torch.long).view(2, -1)
+        if k == 0 and n > 3:
+            ei = ei[:, ei[1] != 3]  # cut node 3 off its parent
+        ei = torch.cat([ei, ei.flip(0)], 1)
+        out.append(Data(x=torch.randint(0, 6, (n, 1), generator=g), edge_index=ei,
+                        edge_attr=torch.randint(0, 3, (ei.size(1),), generator=g),
+                        y=torch.randn(1, generator=g), num_nodes=n))
+    return out
+
+
 def nx_dist(d, directed=False):
     G = nx.DiGraph() if directed else nx.Graph()
     G.add_nodes_from(range(d.num_nodes))
@@ -168,10 +185,11 @@ def test_gpslayer_graphormer_without_spd_names_the_transform():
 
 
 # -- GPSModel --------------------------------------------------------------------------------
-def config(pool="token", max_dist=2, layers=2, **kw):
+def config(pool="token", max_dist=2, layers=2, edge_encoding=0, **kw):
+    spd = {"max_dist": max_dist, **({"edge_encoding": edge_encoding} if edge_encoding else {})}
     return GPSModelConfig.from_dict(dict(
         channels=C, num_layers=layers, local=None, attn="graphormer", heads=H, norm="layer",
-        pool=pool, pe={"spd": {"max_dist": max_dist}}, **kw))
+        pool=pool, pe={"spd": spd}, **kw))
 
 
 def build(cfg, dtype=torch.float32, seed=0):
@@ -188,19 +206,52 @@ def prepared(cfg, graphs):
     return b
 
 
+def edge_bias(model, d, D, token):
+    """Eq. 7 as the model composes it, ``[H, n', n']`` (query i, key j): for phi(j -> i) <= D,
+    1/N sum_{n < N} x_{e_n} W_n along networkx's smallest shortest path j -> i, N = min(phi,
+    P), x_e the bond type's embedding to H dims, e_n the first edge a -> b of edge_index (ZINC
+    stores both directions, each with its own bond features); 0 elsewhere and on token pairs."""
+    W = model.edge_encoding.weight
+    P = W.size(0)
+    emb = model.spd_edge_encoder.emb.weight
+    n, s = d.num_nodes, int(token)
+    G = nx.Graph()
+    G.add_nodes_from(range(n))
+    G.add_edges_from(d.edge_index.t().tolist())
+    edges = d.edge_index.t().tolist()
+    B = torch.zeros(H, n + s, n + s, dtype=F64)
+    for j in range(n):
+        for i in range(n):
+            if i == j or not nx.has_path(G, j, i):
+                continue
+            path = min(nx.all_shortest_paths(G, j, i))
+            if len(path) - 1 > D:
+                continue
+            N = min(len(path) - 1, P)
+            c = sum(emb[d.edge_attr[edges.index(path[k:k + 2])]] @ W[k] for k in range(N))
+            B[:, i + s, j + s] = c / N
+    return B
+
+
+@pytest.mark.parametrize("edge_encoding", [0, 2])
 @pytest.mark.parametrize("pool", ["token", "mean"])
-def test_model_matches_dense_reference(pool):
+def test_model_matches_dense_reference(pool, edge_encoding):
     """GPSModel(attn='graphormer') in float64 = the dense reference: atom embedding + in/out
     degree embeddings (networkx degrees), [graph token first in each graph], two layers that
-    share one spatial table (token pairs: its row max_dist + 1), head on the token's final
-    features (or on the mean over the graph's nodes)."""
+    share one spatial table (token pairs: its row max_dist + 1) [and one edge encoding, Eq. 7,
+    along the smallest shortest path: rings give several], head on the token's final features
+    (or on the mean over the graph's nodes)."""
     D = 2
-    cfg = config(pool, max_dist=D)
+    cfg = config(pool, max_dist=D, edge_encoding=edge_encoding)
     model = randomise(build(cfg, F64), seed=2).train()
     shared = model.layers[0].attn.spatial
     assert all(layer.attn.spatial is shared for layer in model.layers)  # one table, as the paper
     graphs = molecules()
+    calls = []
+    if edge_encoding:  # Eq. 7 is computed once per forward, for all layers
+        model.edge_encoding.register_forward_hook(lambda *args: calls.append(1))
     out = model(prepared(cfg, graphs))
+    assert len(calls) == int(edge_encoding > 0)
 
     E = shared.embedding.weight
     cen = model.centrality
@@ -216,6 +267,8 @@ def test_model_matches_dense_reference(pool):
         if pool == "token":
             h = torch.cat([model.graph_token.view(1, C), h])
         B = spatial_bias(E, nx_dist(d), n, D, D, token=pool == "token")
+        if edge_encoding:
+            B = B + edge_bias(model, d, D, token=pool == "token")
         for layer in model.layers:
             h = ref_gps_graphormer_layer(layer, h, B)
         refs.append(h[0] if pool == "token" else h.mean(0))
@@ -224,8 +277,8 @@ def test_model_matches_dense_reference(pool):
 
 
 def test_model_trains_a_step_and_gradients_reach_every_parameter():
-    for pool in ("token", "mean"):
-        cfg = config(pool, max_dist=3)
+    for pool, ee in (("token", 0), ("mean", 0), ("token", 3), ("mean", 2)):
+        cfg = config(pool, max_dist=3, edge_encoding=ee)
         model = build(cfg).train()
         b = prepared(cfg, molecules(seed=1))
         opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -236,7 +289,14 @@ def test_model_trains_a_step_and_gradients_reach_every_parameter():
                    if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.any()]
         assert not missing, (pool, missing)
         assert (model.graph_token is not None) == (pool == "token")
-        assert model.edge_encoder is None  # Graphormer here reads no bond types
+        assert model.edge_encoder is None  # GINE's encoder; Eq. 7 has its own
+        if ee:
+            assert model.edge_encoding.weight.shape == (ee, H, H)
+            assert model.spd_edge_encoder.emb.weight.shape == (3, H)
+            assert model.edge_encoding.weight.grad.abs().sum(dim=(1, 2)).gt(0).all()  # every hop
+        else:  # no new parameters: checkpoints of models without the edge encoding still load
+            assert model.edge_encoding is None and model.spd_edge_encoder is None
+            assert not [n for n, _ in model.named_parameters() if "edge" in n]
         opt.step()
         assert all(not torch.equal(before[n], p) for n, p in model.named_parameters())
         assert model.centrality.max_degree == CENTRALITY_MAX_DEGREE == 64
@@ -249,14 +309,16 @@ def permute_graph(d, perm):
                 num_nodes=d.num_nodes)
 
 
-@pytest.mark.parametrize("local", [None, "gine"])
+@pytest.mark.parametrize("local,edge_encoding", [(None, 0), ("gine", 0), (None, 2), ("gine", 3)])
 @pytest.mark.parametrize("pool", ["token", "mean"])
-def test_model_is_permutation_invariant_and_keeps_graphs_isolated(pool, local):
-    """Also with message passing beside the attention (edges renumbered around the tokens)."""
-    cfg = config(pool, max_dist=2)
+def test_model_is_permutation_invariant_and_keeps_graphs_isolated(pool, local, edge_encoding):
+    """Also with message passing beside the attention (edges renumbered around the tokens) and
+    with the edge encoding, on forests there (unique shortest paths: the path AddSPD picks
+    among several depends on the node numbering)."""
+    cfg = config(pool, max_dist=2, edge_encoding=edge_encoding)
     cfg.local = local
     model = randomise(build(cfg, F64), seed=4).eval()
-    graphs = molecules(sizes=(7, 5, 8), seed=2)
+    graphs = (trees if edge_encoding else molecules)(sizes=(7, 5, 8), seed=2)
     out = model(prepared(cfg, graphs))
     g = torch.Generator().manual_seed(0)
     shuffled = [permute_graph(d, torch.randperm(d.num_nodes, generator=g)) for d in graphs]
@@ -265,25 +327,26 @@ def test_model_is_permutation_invariant_and_keeps_graphs_isolated(pool, local):
     torch.testing.assert_close(model(prepared(cfg, graphs[::-1])), out.flip(0),
                                rtol=1e-10, atol=1e-10)
     # isolation: other graphs' atoms and size change, graph 0's output does not
-    other = molecules(sizes=(7, 11, 3), seed=9)
+    other = (trees if edge_encoding else molecules)(sizes=(7, 11, 3), seed=9)
     other[0] = graphs[0]
     out2 = model(prepared(cfg, other))
     torch.testing.assert_close(out2[0], out[0], rtol=1e-10, atol=1e-10)
     assert not torch.allclose(out2[1], out[1])
     # a single Data object is one graph
     one = prepared(cfg, graphs[:1])
-    single = AddSPD(2)(graphs[0].clone())
+    single = cfg.transforms()[0](graphs[0].clone())
     torch.testing.assert_close(model(single), model(one), rtol=1e-10, atol=1e-10)
 
 
 def test_listed_pairs_beyond_max_dist_take_the_far_bias():
     """Data precomputed with a larger AddSPD(max_dist) gives the same model output: pairs
-    beyond the config's max_dist share the far bias, never the graph token's t."""
-    for pool in ("token", "mean"):
-        cfg = config(pool, max_dist=2)
+    beyond the config's max_dist share the far bias, never the graph token's t, and get no edge
+    encoding; longer paths (a larger path_len) are read up to the config's edge_encoding."""
+    for pool, ee in (("token", 0), ("mean", 0), ("token", 2), ("mean", 3)):
+        cfg = config(pool, max_dist=2, edge_encoding=ee)
         model = randomise(build(cfg, F64), seed=5).eval()
         graphs = molecules(sizes=(9, 8), seed=3)
-        b_far = spd_batch(graphs, max_dist=6)
+        b_far = Batch.from_data_list([AddSPD(6, path_len=ee + 2)(d.clone()) for d in graphs])
         assert int(b_far.spd_val.max()) >= 4
         torch.testing.assert_close(model(b_far), model(prepared(cfg, graphs)),
                                    rtol=1e-10, atol=1e-10)
@@ -298,6 +361,22 @@ def test_missing_spd_attributes_name_the_transform():
     del b.spd_val
     with pytest.raises(ValueError, match=r"no 'spd_val'; add gtpe\.transforms\.AddSPD"):
         model(b)
+    # the edge encoding needs AddSPD's paths, from the same AddSPD, and edge features
+    model = build(config("token", edge_encoding=2))
+    b = AddSPD(2)(Batch.from_data_list(molecules()))
+    with pytest.raises(ValueError, match=r"no 'spd_path_index'; add "
+                                         r"gtpe\.transforms\.AddSPD\(max_dist=\.\.\., path_len=2\)"):
+        model(b)
+    b.spd_path_index = AddSPD(3, path_len=2)(Batch.from_data_list(molecules())).spd_path_index
+    with pytest.raises(ValueError, match=r"spd_path_index must have one column per spd_index pair"):
+        model(b)
+    b = AddSPD(2, path_len=1)(Batch.from_data_list(molecules()))
+    with pytest.raises(ValueError, match=r"path_len >= 2 \(gtpe\.transforms\.AddSPD"):
+        model(b)
+    b = AddSPD(2, path_len=2)(Batch.from_data_list(molecules()))
+    del b.edge_attr
+    with pytest.raises(ValueError, match=r"no 'edge_attr'; add edge features"):
+        model(b)
 
 
 def test_config_spd_and_token():
@@ -306,6 +385,9 @@ def test_config_spd_and_token():
     assert [repr(t) for t in c.transforms()] == [repr(AddSPD(max_dist=5))]
     c = config(max_dist=7)
     assert [repr(t) for t in c.transforms()] == [repr(AddSPD(max_dist=7))]
+    c = config(max_dist=7, edge_encoding=4)
+    assert [repr(t) for t in c.transforms()] == [repr(AddSPD(max_dist=7, path_len=4))]
+    assert GPSModelConfig.from_dict(c.to_dict()) == c
     assert GPSModelConfig.from_dict(c.to_dict()) == c
     # used with attn='graphormer' only; left out of to_dict while unset (old experiment hashes)
     full = GPSModelConfig(attn="full", pe={"spd": {"max_dist": 3}})
@@ -318,20 +400,31 @@ def test_config_spd_and_token():
     with pytest.raises(ConfigError, match="pool='token'.*needs graph_level=True"):
         GPSModel(config("token"), out_dim=1, node_input="embedding", node_in_dim=6,
                  edge_input=None, graph_level=False)
+    with pytest.raises(ConfigError, match=r"edge_encoding > 0 .* needs edge features, got "
+                                          r"edge_input=None"):
+        GPSModel(config("token", edge_encoding=2), out_dim=1, node_input="embedding",
+                 node_in_dim=6, edge_input=None)
+    tokengt = GPSModelConfig(arch="tokengt", local=None, attn="full", norm="layer",
+                             pool="token", pe={"orf": {"dim": 8}})
+    with pytest.raises(ConfigError, match=r"^GPSModel: arch 'tokengt' is TokenGTModel; build "
+                                          r"with gtpe\.models\.model_class\(config\)$"):
+        GPSModel(tokengt, out_dim=1, node_input="embedding", node_in_dim=6, edge_input=None)
     # with the token the layers hold one more row (t) than max_dist
     assert build(config("token", max_dist=3)).layers[0].attn.max_dist == 4
     assert build(config("mean", max_dist=3)).layers[0].attn.max_dist == 3
 
 
 # -- training and the shipped config ---------------------------------------------------------
-def test_one_epoch_zinc_training_with_graphormer(tmp_path):
+@pytest.mark.parametrize("edge_encoding", [0, 3])
+def test_one_epoch_zinc_training_with_graphormer(tmp_path, edge_encoding):
     from gtpe.train.config import load_config
     from gtpe.train.loop import train
 
+    spd = {"max_dist": 4, "edge_encoding": edge_encoding}
     cfg = load_config(data={
         "dataset": {"name": "zinc", "limit": 64},
         "model": {"channels": 16, "num_layers": 2, "local": None, "attn": "graphormer",
-                  "heads": 4, "norm": "layer", "pool": "token", "pe": {"spd": {"max_dist": 4}}},
+                  "heads": 4, "norm": "layer", "pool": "token", "pe": {"spd": spd}},
         "train": {"epochs": 1, "batch_size": 32, "scheduler": "none", "device": "cpu"},
     })
     results = train(cfg, tmp_path / "run", progress=False)
@@ -340,7 +433,7 @@ def test_one_epoch_zinc_training_with_graphormer(tmp_path):
 
 def test_shipped_graphormer_config_builds_the_stated_model():
     """configs/zinc/graphormer+spd.yaml: attention only, 8 heads of 10, LayerNorm, graph token,
-    AddSPD(22), and the parameter count its header states."""
+    AddSPD(22, path_len=5) with the edge encoding, and the parameter count its header states."""
     from gtpe.datasets import dataset_info
     from gtpe.train.config import load_config
     from gtpe.train.loop import build_model
@@ -348,10 +441,13 @@ def test_shipped_graphormer_config_builds_the_stated_model():
     path = REPO / "configs" / "zinc" / "graphormer+spd.yaml"
     cfg = load_config(path)
     model = build_model(cfg, dataset_info("zinc"))
-    assert "331,961 parameters" in path.read_text()
-    assert sum(p.numel() for p in model.parameters()) == 331_961
-    assert [repr(t) for t in cfg.model.transforms()] == [repr(AddSPD(max_dist=22))]
+    assert "332,313 parameters" in path.read_text()
+    assert sum(p.numel() for p in model.parameters()) == 332_313
+    assert [repr(t) for t in cfg.model.transforms()] == [repr(AddSPD(max_dist=22, path_len=5))]
     assert model.graph_token is not None and model.layers[0].attn.max_dist == 23
+    # Eq. 7 over the first 5 edges (Graphormer's multi_hop_max_dist on ZINC), 8 heads
+    assert repr(model.edge_encoding) == "GraphormerEdgeEncoding(heads=8, path_len=5)"
+    assert model.spd_edge_encoder.emb.weight.shape == (4, 8)
     for layer in model.layers:
         assert layer.local is None and isinstance(layer.attn, GraphormerAttention)
         assert layer.attn.heads == 8 and isinstance(layer.norm3, torch.nn.LayerNorm)

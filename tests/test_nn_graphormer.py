@@ -8,7 +8,13 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from gtpe.nn.attention import FullAttention
-from gtpe.nn.attention.graphormer import CentralityEncoding, GraphormerAttention, GraphormerBias
+from gtpe.nn.attention.graphormer import (
+    EDGE_BIAS_KEY,
+    CentralityEncoding,
+    GraphormerAttention,
+    GraphormerBias,
+    GraphormerEdgeEncoding,
+)
 from gtpe.transforms import AddSPD
 
 C, H = 16, 4
@@ -38,9 +44,10 @@ def _nx_dist(d, directed):
     return dict(nx.all_pairs_shortest_path_length(G))  # [a][b]: hops a -> b
 
 
-def _dense_reference(layer, graphs, cutoff, directed):
+def _dense_reference(layer, graphs, cutoff, directed, edge=None):
     """softmax(Q K^T / sqrt(d) + B) V per graph, float64, B[h, i, j] = E[min(phi(j -> i), D + 1)]
-    with phi from networkx; pairs beyond ``cutoff`` (AddSPD's max_dist) or unreachable: E[D+1]."""
+    with phi from networkx; pairs beyond ``cutoff`` (AddSPD's max_dist) or unreachable: E[D+1];
+    ``edge[(g, j, i)]`` (if given) is added to B[:, i, j] of graph g."""
     fa, E = layer.attn, layer.spatial.embedding.weight.double()
     D = layer.max_dist
     W, b = fa.in_proj_weight.double(), fa.in_proj_bias.double()
@@ -55,6 +62,8 @@ def _dense_reference(layer, graphs, cutoff, directed):
                 phi = dist[j].get(i)
                 bucket = D + 1 if phi is None or phi > cutoff else min(phi, D + 1)
                 B[:, i, j] = E[bucket]
+                if edge is not None and (len(outs), j, i) in edge:
+                    B[:, i, j] += edge[(len(outs), j, i)]
         q, k, v = (d.x.double() @ W.T + b).view(n, 3, H, d_h).unbind(1)
         S = torch.einsum("ihd,jhd->hij", q, k) / math.sqrt(d_h) + B
         outs.append(torch.einsum("hij,jhd->ihd", S.softmax(-1), v).reshape(n, C))
@@ -265,3 +274,137 @@ def test_bad_input_and_repr():
     before = layer.spatial.embedding.weight.clone()
     layer.reset_parameters()
     assert layer.spatial.embedding.weight.std() < 0.1 and not torch.equal(before, layer.spatial.embedding.weight)
+
+
+# -- the edge encoding (Eq. 7) ---------------------------------------------------------------
+def _edge_graphs(seed=3):
+    """Random graphs with several shortest paths, edges stored one way only, self-loops and a
+    duplicate of the first edge (with its own features); float64 edge features [E, H]."""
+    graphs = _graphs(SIZES, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    for d in graphs:
+        if d.edge_index.size(1):
+            d.edge_index = torch.cat([d.edge_index, d.edge_index[:, :1]], 1)
+        d.edge_attr = torch.randn(d.edge_index.size(1), H, generator=g, dtype=torch.float64)
+    return graphs
+
+
+def _nx_path(d, directed, a, b):
+    G = nx.DiGraph() if directed else nx.Graph()
+    G.add_nodes_from(range(d.num_nodes))
+    G.add_edges_from((u, v) for u, v in d.edge_index.t().tolist() if u != v)
+    return min(nx.all_shortest_paths(G, a, b))  # the smallest shortest node sequence
+
+
+def _eq7_reference(graphs, data, W, directed):
+    """{(graph, start, end): c [H]} for every pair of ``data.spd_index``, float64, written from
+    Eq. 7: c = 1/N sum_{n < N} x_{e_n} W_n, N = min(phi, P), along networkx's smallest shortest
+    path start -> end; e_n the first edge a -> b of edge_index, else the first b -> a."""
+    P = W.size(0)
+    out = {}
+    for m in range(data.spd_index.size(1)):
+        gi = int(data.batch[data.spd_index[0, m]])
+        d, off = graphs[gi], int(data.ptr[gi])
+        s, e = (int(v) - off for v in data.spd_index[:, m])
+        path = _nx_path(d, directed, s, e)
+        edges = d.edge_index.t().tolist()
+        n_steps = min(len(path) - 1, P)
+        c = torch.zeros(H, dtype=torch.float64)
+        for n in range(n_steps):
+            a, b = path[n], path[n + 1]
+            k = edges.index([a, b]) if [a, b] in edges else edges.index([b, a])
+            c += d.edge_attr[k] @ W[n]
+        out[(gi, s, e)] = c / max(n_steps, 1)
+    return out
+
+
+@pytest.mark.parametrize("directed", [False, True])
+def test_edge_encoding_matches_dense_eq7_reference(directed):
+    """Paths truncated at P = 2 (pairs up to distance 4 listed); spd_path_index computed with
+    a longer path_len reads the same; the first of duplicate edges; reverse steps (undirected)."""
+    graphs = _edge_graphs()
+    torch.manual_seed(0)
+    enc = GraphormerEdgeEncoding(H, path_len=2).double()
+    with torch.no_grad():
+        enc.weight.normal_()
+    for path_len in (2, 5):
+        data = Batch.from_data_list([AddSPD(4, directed, path_len=path_len)(d.clone()) for d in graphs])
+        assert int(data.spd_val.max()) > 2
+        out = enc(data.edge_attr, data.edge_index, data.spd_path_index)
+        ref = _eq7_reference(graphs, data, enc.weight, directed)
+        keys = [(int(data.batch[s]), int(s - data.ptr[data.batch[s]]), int(e - data.ptr[data.batch[s]]))
+                for s, e in data.spd_index.t()]
+        torch.testing.assert_close(out, torch.stack([ref[k] for k in keys]), rtol=1e-12, atol=1e-12)
+        assert bool((out[data.spd_val == 0] == 0).all())
+        assert out.shape == (data.spd_index.size(1), H)
+        # num_nodes given: the same
+        torch.testing.assert_close(enc(data.edge_attr, data.edge_index, data.spd_path_index,
+                                       num_nodes=data.num_nodes), out, rtol=0, atol=0)
+    if not directed:  # graph 0 stores some edges one way only: reverse steps were looked up
+        und = set(map(tuple, graphs[0].edge_index.t().tolist()))
+        assert any((b, a) not in und for a, b in und)
+
+
+def test_edge_encoding_gradients_and_float32():
+    graphs = _edge_graphs(seed=4)
+    data = Batch.from_data_list([AddSPD(3, path_len=3)(d.clone()) for d in graphs])
+    enc = GraphormerEdgeEncoding(H, path_len=3).double()
+    x = data.edge_attr.clone().requires_grad_()
+    out = enc(x, data.edge_index, data.spd_path_index)
+    (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+    assert enc.weight.grad.abs().sum(dim=(1, 2)).gt(0).all()  # every hop's matrix
+    assert x.grad.abs().sum() > 0
+    out32 = enc.float()(data.edge_attr.float(), data.edge_index, data.spd_path_index)
+    assert out32.dtype == torch.float32
+    torch.testing.assert_close(out32.double(), out.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", ["auto", "sdpa"])
+def test_graphormer_attention_with_edge_bias_matches_dense_reference(strategy):
+    """b_phi(j, i) + c_ji at the listed pairs (edge_bias argument, or the cache entry that
+    GPSModel uses), float64."""
+    graphs = _edge_graphs()
+    data = Batch.from_data_list([AddSPD(2, path_len=2)(d.clone()) for d in graphs])
+    layer = _layer(strategy)
+    enc = GraphormerEdgeEncoding(H, 2).double()
+    with torch.no_grad():
+        enc.weight.normal_()
+    c = enc(data.edge_attr, data.edge_index, data.spd_path_index)
+    edge = _eq7_reference(graphs, data, enc.weight.detach(), False)
+    ref = _dense_reference(layer, graphs, 2, False, edge=edge)
+    out = layer(data.x, data.batch, data.spd_index, data.spd_val, edge_bias=c)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    cached = layer(data.x, data.batch, data.spd_index, data.spd_val, cache={EDGE_BIAS_KEY: c})
+    torch.testing.assert_close(cached, out, rtol=0, atol=0)
+    plain = layer(data.x, data.batch, data.spd_index, data.spd_val)
+    assert not torch.allclose(plain, out)
+    out.sum().backward()
+    assert enc.weight.grad.abs().sum() > 0
+
+
+def test_edge_encoding_errors_and_repr():
+    graphs = _edge_graphs()
+    data = Batch.from_data_list([AddSPD(2, path_len=2)(d.clone()) for d in graphs])
+    enc = GraphormerEdgeEncoding(H, 3).double()
+    with pytest.raises(ValueError, match=r"spd_path_index is missing: .*AddSPD\(max_dist=\.\.\., path_len=3\)"):
+        enc(data.edge_attr, data.edge_index, None)
+    with pytest.raises(ValueError, match=r"path_len >= 3 \(gtpe\.transforms\.AddSPD\(max_dist=\.\.\., path_len=3\)\)"):
+        enc(data.edge_attr, data.edge_index, data.spd_path_index)  # 3 rows: path_len 2
+    enc = GraphormerEdgeEncoding(H, 2).double()
+    with pytest.raises(ValueError, match=r"edge_attr must be a float tensor \[E, heads\]"):
+        enc(data.edge_attr[:, :2], data.edge_index, data.spd_path_index)
+    with pytest.raises(ValueError, match=r"is not an edge of edge_index in either direction"):
+        keep = data.batch[data.edge_index[0]] != 0  # graph 0's edges gone: its paths are not
+        enc(data.edge_attr[keep], data.edge_index[:, keep], data.spd_path_index)
+    with pytest.raises(ValueError, match=r"is not an edge of edge_index in either direction"):
+        enc(data.edge_attr[:0], data.edge_index[:, :0], data.spd_path_index)  # no edges
+    with pytest.raises(ValueError, match=r"GraphormerAttention: edge_bias must be a float tensor \[M, heads\]"):
+        _layer()(data.x, data.batch, data.spd_index, data.spd_val,
+                 edge_bias=torch.zeros(data.spd_index.size(1) - 1, H, dtype=torch.float64))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="path_len must be an integer >= 1"):
+            GraphormerEdgeEncoding(H, bad)
+    assert repr(enc) == "GraphormerEdgeEncoding(heads=4, path_len=2)"
+    before = enc.weight.detach().clone()
+    enc.reset_parameters()
+    assert enc.weight.std() < 0.1 and not torch.equal(before, enc.weight)

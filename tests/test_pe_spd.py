@@ -307,3 +307,139 @@ def test_dense_expansion_stops_once_no_pair_is_added(monkeypatch):
     out = AddSPD(10_000)(Data(edge_index=torch.tensor([[0, 1, 2], [1, 2, 3]]), num_nodes=4))
     assert int(out.spd_val.max()) == 3
     assert len(calls) == 4                 # distances 1, 2, 3, then a step that adds nothing
+
+
+# -- spd_path_index (path_len > 0): one shortest path per pair, for Graphormer's Eq. 7 -------
+def nx_path(G, i, j):
+    """The lexicographically smallest shortest node sequence i -> j (networkx)."""
+    return min(nx.all_shortest_paths(G, i, j))
+
+
+def check_paths(out, d, max_dist, path_len, directed, offset=0):
+    """Every column of spd_path_index against networkx: starts at i, follows edges of
+    edge_index (either direction unless directed), min(phi, path_len) real steps then padding,
+    ends at j iff phi <= path_len, and is the smallest shortest node sequence, truncated."""
+    check(out, d, max_dist, directed)
+    P = out.spd_path_index
+    assert P.dtype == torch.long and P.shape == (path_len + 1, out.spd_index.size(1))
+    G = nx_graph(d, directed)
+    edges = set(map(tuple, d.edge_index.t().tolist()))
+    for m, ((i, j), phi) in enumerate(zip(out.spd_index.t().tolist(), out.spd_val.tolist())):
+        p = P[:, m].tolist()
+        assert p[0] == i
+        real = [a != b for a, b in zip(p[:-1], p[1:])]
+        n = min(phi, path_len)
+        assert real == [True] * n + [False] * (path_len - n), (i, j, p)
+        for a, b in zip(p[:n], p[1:n + 1]):
+            assert (a, b) in edges or (not directed and (b, a) in edges), (a, b)
+        assert (p[-1] == j) == (phi <= path_len)
+        ref = nx_path(G, i, j)
+        assert len(ref) - 1 == phi                      # the path is a shortest one
+        assert p == ref[:n + 1] + [ref[n]] * (path_len - n)
+
+
+@SETTINGS
+@given(graphs(), st.integers(1, 6), st.integers(1, 7), st.booleans())
+def test_paths_match_networkx_on_random_graphs(d, max_dist, path_len, directed):
+    for dense in (128, 0):
+        t = AddSPD(max_dist, directed, dense_max_nodes=dense, path_len=path_len)
+        check_paths(t(d.clone()), d, max_dist, path_len, directed)
+
+
+def test_paths_on_disconnected_graphs_loops_duplicates_and_tiny_graphs():
+    # two triangles, a path 6-7-8 stored one way only (reverse steps when undirected),
+    # self-loops and duplicate edges, an isolated node 9
+    und = [(0, 1), (1, 2), (2, 0), (3, 4), (4, 5), (5, 3)]
+    ei = torch.tensor(und + [(b, a) for a, b in und] + [(6, 7), (7, 8), (8, 8), (6, 7), (0, 0)]).t()
+    d = Data(edge_index=ei, num_nodes=10)
+    for directed in (False, True):
+        out = AddSPD(4, directed, path_len=2)(d.clone())
+        check_paths(out, d, 4, 2, directed)
+        col = {tuple(c): k for k, c in enumerate(out.spd_index.t().tolist())}
+        if directed:
+            assert (8, 6) not in col and out.spd_path_index[:, col[(6, 8)]].tolist() == [6, 7, 8]
+        else:
+            assert out.spd_path_index[:, col[(8, 6)]].tolist() == [8, 7, 6]
+        assert out.spd_path_index[:, col[(9, 9)]].tolist() == [9, 9, 9]
+    empty = torch.empty(2, 0, dtype=torch.long)
+    for n in (0, 1):
+        out = AddSPD(3, path_len=4)(Data(edge_index=empty, num_nodes=n))
+        assert out.spd_path_index.shape == (5, n) and out.spd_path_index.tolist() == [[0] * n] * 5
+    # a path of 8 nodes, path_len 3: far pairs stop after 3 steps, on the way to their end
+    path = torch.stack([torch.arange(7), torch.arange(1, 8)])
+    out = AddSPD(7, path_len=3)(Data(edge_index=path, num_nodes=8))
+    col = {tuple(c): k for k, c in enumerate(out.spd_index.t().tolist())}
+    assert out.spd_path_index[:, col[(0, 7)]].tolist() == [0, 1, 2, 3]
+    assert out.spd_path_index[:, col[(6, 4)]].tolist() == [6, 5, 4, 4]
+    assert out.spd_path_index[:, col[(2, 2)]].tolist() == [2, 2, 2, 2]
+
+
+def test_path_len_keeps_the_other_outputs():
+    d = random_graph(30, 50, seed=3)
+    for directed in (False, True):
+        a = AddSPD(4, directed)(d.clone())
+        b = AddSPD(4, directed, path_len=3)(d.clone())
+        assert 'spd_path_index' not in a
+        for key in KEYS:
+            assert torch.equal(a[key], b[key]), key
+
+
+@SETTINGS
+@given(st.lists(graphs(max_nodes=20), min_size=1, max_size=6), st.booleans(),
+       st.integers(1, 4))
+def test_paths_batch_equals_collated_per_graph_and_round_trips(ds, directed, path_len):
+    t = AddSPD(3, directed, path_len=path_len)
+    batch = t(Batch.from_data_list([d.clone() for d in ds]))
+    ref = Batch.from_data_list([t(d.clone()) for d in ds])
+    for key in KEYS + ('spd_path_index',):
+        assert torch.equal(batch[key], ref[key]), key
+    for a, d in zip(batch.to_data_list(), ds):
+        check_paths(a, d, 3, path_len, directed)
+
+
+def test_paths_batch_mixing_dense_buckets_and_the_sparse_search_and_precompute():
+    ds = [random_graph(n, max(1, n // 2 + 5), seed) for seed, n in
+          enumerate((70, 5, 130, 64, 9, 100, 5, 1, 150))]
+    for directed in (False, True):
+        t = AddSPD(4, directed, path_len=3)
+        batch = t(Batch.from_data_list([d.clone() for d in ds]))
+        ref = Batch.from_data_list([t(d.clone()) for d in ds])
+        assert torch.equal(batch.spd_path_index, ref.spd_path_index)
+        for a, d in zip(batch.to_data_list()[:2], ds[:2]):       # networkx on the small ones
+            check_paths(a, d, 4, 3, directed)
+        sparse = AddSPD(4, directed, dense_max_nodes=0, path_len=3)(
+            Batch.from_data_list([d.clone() for d in ds]))
+        assert torch.equal(sparse.spd_path_index, batch.spd_path_index)
+    per_graph = [t(d.clone()) for d in ds]
+    for o, r in zip(precompute(ds, [t], batch_size=4, progress=False), per_graph):
+        assert torch.equal(o.spd_path_index, r.spd_path_index)
+
+
+def test_paths_do_not_depend_on_the_block_of_candidates():
+    from gtpe.transforms.spd import _shortest_paths
+    d = random_graph(80, 200, seed=4)
+    out = AddSPD(6, path_len=5)(d.clone())
+    ei = torch.cat([d.edge_index, d.edge_index.flip(0)], 1)   # the symmetrised graph, as CSR
+    key = torch.unique(ei[0] * 80 + ei[1])
+    key = key[key // 80 != key % 80]
+    rowptr = torch.zeros(81, dtype=torch.long)
+    rowptr[1:] = torch.bincount(key // 80, minlength=80).cumsum(0)
+    for max_cand in (40, 300, 1 << 30):       # many blocks, a few, one
+        p = _shortest_paths(rowptr, key % 80, out.spd_index, out.spd_val, 80, 5, max_cand=max_cand)
+        assert torch.equal(p, out.spd_path_index), max_cand
+
+
+@pytest.mark.parametrize('value', [-1, True, False, 2.0, '3', None])
+def test_bad_path_len_is_one_clear_error(value):
+    with pytest.raises(ValueError, match=rf'^AddSPD: path_len must be an integer >= 0, '
+                                         rf'got {value!r}$'):
+        AddSPD(3, path_len=value)
+
+
+def test_path_len_repr_and_parameter_state():
+    assert repr(AddSPD(2, path_len=4)) == \
+        'AddSPD(max_dist=2, directed=False, dense_max_nodes=128, path_len=4)'
+    assert repr(AddSPD(2, path_len=0)) == repr(AddSPD(2))
+    assert AddSPD(2, path_len=np.int64(3)).path_len == 3 and AddSPD(2).path_len == 0
+    # path_len=0 leaves the parameter state (gtpe.precompute's cache key) as before path_len
+    assert vars(AddSPD(2, path_len=0)) == vars(AddSPD(2)) and 'path_len' not in vars(AddSPD(2))

@@ -10,7 +10,11 @@ from torch.nn import Linear, ModuleList, ReLU, Sequential
 from torch_geometric.utils import to_undirected
 
 from gtpe.models.config import ConfigError, GPSModelConfig
-from gtpe.nn.attention.graphormer import CentralityEncoding
+from gtpe.nn.attention.graphormer import (
+    EDGE_BIAS_KEY,
+    CentralityEncoding,
+    GraphormerEdgeEncoding,
+)
 from gtpe.nn.encoders import (
     EmbeddingEncoder,
     LapPEEncoder,
@@ -111,10 +115,24 @@ class GPSModel(torch.nn.Module):
     first node of every graph (no edges, no centrality encoding), every pair with a token gets
     one more learned bias per head :math:`t^h` (row ``max_dist + 1`` of the shared table: the
     layers are built with ``max_dist + 1``, listed pairs farther than ``max_dist`` keep the
-    shared "far" bias), and the head reads the token's final features.
+    shared "far" bias), and the head reads the token's final features.  With
+    ``pe.spd.edge_encoding`` = :math:`P > 0` the bias also gets Graphormer's edge encoding
+    (Eq. 7) :math:`c^h_{ji} = \frac{1}{N}\sum_{n \le N} x_{e_n} W^E_n`, :math:`N = \min(\phi,
+    P)`, along the path of ``spd_path_index`` from ``AddSPD(path_len=P)``
+    (:class:`~gtpe.nn.attention.graphormer.GraphormerEdgeEncoding`): the edge features go
+    through their own encoder straight to ``heads`` dims (:math:`x_e`, ``edge_input`` as
+    below, so edge features are required; ``ConfigError`` without), the bias is computed once
+    per forward and shared by all layers (handed over in their ``state``), pairs farther than
+    ``max_dist`` (the far bias) and the graph token's pairs get none.  The path is the one
+    ``AddSPD`` picks, the smallest shortest node sequence: where a pair has several shortest
+    paths the choice depends on the node numbering (as Graphormer's BFS order), so the model
+    is exactly permutation-invariant where shortest paths are unique (trees) and otherwise up
+    to that choice.
 
     Args:
-        config: :class:`~gtpe.models.config.GPSModelConfig`.
+        config: :class:`~gtpe.models.config.GPSModelConfig` with ``arch='gps'`` (else a
+            ``ConfigError``: ``arch='tokengt'`` is another model class,
+            ``gtpe.models.model_class(config)``).
         out_dim: output size (number of tasks / classes).
         node_input: ``'embedding'`` (``x`` long ``[N]``/``[N,1]``, ``node_in_dim`` = vocabulary),
             ``'ogb_atom'`` (``x`` long ``[N, 9]``) or ``'linear'`` (``x`` float
@@ -138,7 +156,8 @@ class GPSModel(torch.nn.Module):
     ``forward(data)`` reads ``x, edge_index, edge_attr, batch`` and the PE attributes written by
     :meth:`GPSModelConfig.transforms` (``rwse``, ``lap_pe``/``lap_eigval``,
     ``maglap_pe``/``maglap_eigval``, ``rrwp``/``rrwp_index``/``rrwp_val``, ``expander_index``,
-    ``spd_index``/``spd_val``/``in_degree``/``out_degree``) and returns ``[num_graphs, out_dim]``
+    ``spd_index``/``spd_val``/``in_degree``/``out_degree``, ``spd_path_index`` with the edge
+    encoding) and returns ``[num_graphs, out_dim]``
     or ``[N, out_dim]``; a missing attribute is a ``ValueError`` naming the transform that
     writes it.
     """
@@ -161,6 +180,11 @@ class GPSModel(torch.nn.Module):
                 f"GPSModel: config must be a GPSModelConfig, got "
                 f"{type(config).__name__} (use GPSModelConfig.from_dict)"
             )
+        if config.arch != "gps":
+            raise ConfigError(
+                f"GPSModel: arch {config.arch!r} is TokenGTModel; build with "
+                f"gtpe.models.model_class(config)"
+            )
         if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
             raise ConfigError(f"GPSModel: out_dim must be a positive integer, got {out_dim!r}")
         if node_input not in NODE_INPUTS:
@@ -182,7 +206,8 @@ class GPSModel(torch.nn.Module):
         C, pe = config.channels, config.pe
 
         self.node_encoder = _feature_encoder(node_input, node_in_dim, C - pe.concat_dim, "node")
-        # Edge features are read by GINE/GatedGCN, Exphormer, GT and (merged into the pairs) GRIT.
+        # Edge features are read by GINE/GatedGCN, Exphormer, GT and (merged into the pairs) GRIT;
+        # Graphormer's edge encoding has an encoder of its own (below).
         uses_edges = config.local is not None or config.attn in ("exphormer", "grit", "gt")
         self.edge_encoder = (
             _feature_encoder(edge_input, edge_in_dim, C, "edge") if uses_edges else None
@@ -216,6 +241,20 @@ class GPSModel(torch.nn.Module):
         self.graph_token = (
             torch.nn.Parameter(torch.empty(C)) if config.pool == "token" else None
         )
+        # Graphormer's edge encoding (Eq. 7): edge features -> heads dims, one W^E_n per hop
+        spd = config.spd_config
+        self.spd_edge_encoder: torch.nn.Module | None = None
+        self.edge_encoding: GraphormerEdgeEncoding | None = None
+        if spd is not None and spd.edge_encoding > 0:
+            if edge_input is None:
+                raise ConfigError(
+                    "GPSModel: pe.spd.edge_encoding > 0 (Graphormer's edge encoding) needs "
+                    "edge features, got edge_input=None"
+                )
+            self.spd_edge_encoder = _feature_encoder(
+                edge_input, edge_in_dim, config.heads, "edge"
+            )
+            self.edge_encoding = GraphormerEdgeEncoding(config.heads, spd.edge_encoding)
 
         L = config.num_layers
         self.layers = ModuleList(
@@ -280,6 +319,8 @@ class GPSModel(torch.nn.Module):
             self.maglap_encoder,
             self.rrwp_encoder,
             self.centrality,
+            self.spd_edge_encoder,
+            self.edge_encoding,
         ):
             if m is not None:
                 m.reset_parameters()
@@ -292,7 +333,9 @@ class GPSModel(torch.nn.Module):
 
     def encode(self, data: Any) -> dict[str, Any]:
         """Input and PE encoders: returns the keyword arguments of the first GPS layer
-        (``x, edge_index, batch, edge_attr`` and the extras)."""
+        (``x, edge_index, batch, edge_attr`` and the extras) and ``num_graphs``; with
+        Graphormer's edge encoding also ``spd_edge_bias [M, heads]`` (one row per
+        ``spd_index`` pair), which :meth:`forward` hands the layers in their ``state``."""
         x_in = _need(data, "x", "node features")
         edge_index = data.edge_index
         batch = getattr(data, "batch", None)
@@ -366,6 +409,8 @@ class GPSModel(torch.nn.Module):
             )
             extra["spd_index"] = _need(data, "spd_index", hint)
             extra["spd_val"] = _need(data, "spd_val", hint)
+            if self.edge_encoding is not None:
+                extra["spd_edge_bias"] = self._edge_bias(data, x.size(0), extra)
         return dict(
             x=x,
             edge_index=edge_index,
@@ -374,6 +419,32 @@ class GPSModel(torch.nn.Module):
             num_graphs=num_graphs,
             **extra,
         )
+
+    def _edge_bias(self, data: Any, N: int, extra: dict[str, Any]) -> Tensor:
+        """Eq. 7's :math:`c` for every ``spd_index`` pair ``[M, heads]`` from the given (not
+        symmetrised) edges; 0 for pairs beyond ``max_dist`` (they share the far bias)."""
+        spd = self.config.spd_config
+        assert self.edge_encoding is not None and self.spd_edge_encoder is not None
+        assert spd is not None
+        P = self.edge_encoding.path_len
+        path = getattr(data, "spd_path_index", None)
+        if path is None:
+            raise ValueError(
+                f"GPSModel: the batch has no 'spd_path_index'; add "
+                f"gtpe.transforms.AddSPD(max_dist=..., path_len={P}) to the dataset transforms "
+                f"(GPSModelConfig.transforms() lists them)"
+            )
+        spd_index, spd_val = extra["spd_index"], extra["spd_val"]
+        if not isinstance(path, Tensor) or path.dim() != 2 or path.size(1) != spd_index.size(1):
+            got = tuple(path.shape) if isinstance(path, Tensor) else type(path).__name__
+            raise ValueError(
+                f"GPSModel: spd_path_index must have one column per spd_index pair, [{P + 1}, "
+                f"{spd_index.size(1)}], got {got}: compute both with one "
+                f"gtpe.transforms.AddSPD(max_dist=..., path_len={P})"
+            )
+        edge_x = self.spd_edge_encoder(_need(data, "edge_attr", "edge features"))
+        c = self.edge_encoding(edge_x, data.edge_index, path, num_nodes=N)
+        return torch.where((spd_val <= spd.max_dist).unsqueeze(1), c, c.new_zeros(()))
 
     def forward(self, data: Any) -> Tensor:
         kw = self.encode(data)
@@ -385,6 +456,9 @@ class GPSModel(torch.nn.Module):
                 x, batch, edge_index, num_graphs, kw
             )
         state: dict[str, Tensor] = {}
+        edge_bias = kw.pop("spd_edge_bias", None)
+        if edge_bias is not None:  # Eq. 7, shared by all layers (GraphormerAttention's cache)
+            state[EDGE_BIAS_KEY] = edge_bias
         for layer in self.layers:
             x = layer(x, edge_index, batch, edge_attr, state=state, num_graphs=num_graphs, **kw)
         if token is not None:
@@ -401,7 +475,8 @@ class GPSModel(torch.nn.Module):
         stays sorted; node ``i`` of graph ``g`` becomes ``i + g + 1``), paired with every node
         of its graph and itself at "distance" ``max_dist + 1`` (its own bias ``t``).  Returns
         the new ``x [N + G, C]``, ``batch``, ``edge_index`` (renumbered), the tokens' ids
-        ``[G]`` and the layers' extras with the new ``spd_index`` / ``spd_val``."""
+        ``[G]`` and the layers' extras with the new ``spd_index`` / ``spd_val`` (and the edge
+        encoding ``spd_edge_bias`` extended by zeros: the token's pairs get none)."""
         N, G, dev = x.size(0), num_graphs, x.device
         D = self.layers[0].attn.max_dist - 1  # the layers hold one more row for t
         counts = torch.bincount(batch, minlength=G)
@@ -429,6 +504,9 @@ class GPSModel(torch.nn.Module):
             [torch.where(spd_val > D, far, spd_val), spd_val.new_full((2 * N + G,), D + 1)]
         )
         kw = {**kw, "spd_index": index, "spd_val": val}
+        if "spd_edge_bias" in kw:
+            c = kw["spd_edge_bias"]
+            kw["spd_edge_bias"] = torch.cat([c, c.new_zeros(2 * N + G, c.size(1))])
         return x, new_batch, pos[edge_index], token, kw
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ from gtpe.nn.attention import (
     GRITAttention,
     GraphormerAttention,
     GraphormerBias,
+    GraphormerEdgeEncoding,
     GTAttention,
     LinearAttention,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "GTAttention",
     "GraphormerAttention",
     "GraphormerBias",
+    "GraphormerEdgeEncoding",
     "GatedGCN",
     "GraphTokenizer",
     "LapNodeIdentifier",

@@ -1,4 +1,5 @@
-r"""Shortest-path distances and degrees: Graphormer's spatial and centrality encodings.
+r"""Shortest-path distances and degrees: Graphormer's spatial and centrality encodings, and
+(``path_len > 0``) one shortest path per pair for its edge encoding.
 
 Ying et al., "Do Transformers Really Perform Bad for Graph Representation?", NeurIPS 2021
 (https://arxiv.org/abs/2106.05234).
@@ -96,6 +97,51 @@ def _sparse_spd(rowptr: Tensor, col: Tensor, sources: Tensor, N: int, max_dist: 
     return key // N, key % N, torch.cat(dists)
 
 
+def _shortest_paths(rowptr: Tensor, col: Tensor, index: Tensor, val: Tensor, N: int,
+                    path_len: int, max_cand: int = 1 << 22) -> Tensor:
+    """One shortest path per pair, as node sequences ``[path_len + 1, M]``: column ``m`` walks
+    from ``index[0, m]`` toward ``index[1, m]`` over the CSR graph ``(rowptr, col)`` (sorted,
+    no duplicates), truncated to ``path_len`` steps, then padded by repeating its last node.
+    ``index [2, M]`` must be sorted by the key ``source * N + target`` and closed under the
+    walk (every pair ``(v, target)`` at distance ``< val`` listed, which holds for all pairs
+    within ``max_dist``), ``val [M]`` the distances.  Each step moves to the smallest-id
+    out-neighbour ``v`` of the current node with ``phi(v, target) = phi(current, target) - 1``
+    (a listed pair found by a sorted search), so the path is the lexicographically smallest
+    shortest node sequence and a graph gives the same path alone or in a Batch.  Candidates
+    are processed in blocks of about ``max_cand`` out-edges."""
+    device = index.device
+    M = index.size(1)
+    out = torch.empty(path_len + 1, M, dtype=torch.long, device=device)
+    src, dst = index[0], index[1]
+    out[0] = src
+    if M == 0:
+        return out
+    pair_key = src * N + dst
+    cur = src.clone()
+    act = torch.nonzero(val > 0).view(-1)            # pairs still walking
+    for t in range(1, path_len + 1):
+        if act.numel():
+            rem = val[act] - (t - 1)                    # distance left before this step
+            lo = rowptr[cur[act]]
+            deg = rowptr[cur[act] + 1] - lo
+            n_cand = int(deg.sum())
+            block = max(1, act.numel() * max_cand // max(n_cand, 1))
+            for s in range(0, act.numel(), block):
+                a, r, lo_b, deg_b = act[s:s + block], rem[s:s + block], lo[s:s + block], \
+                    deg[s:s + block]
+                owner = torch.repeat_interleave(torch.arange(a.numel(), device=device), deg_b)
+                first = torch.cumsum(deg_b, 0) - deg_b
+                v = col[lo_b[owner] + torch.arange(owner.numel(), device=device) - first[owner]]
+                key = v * N + dst[a][owner]
+                pos = torch.searchsorted(pair_key, key).clamp_max(M - 1)
+                ok = (pair_key[pos] == key) & (val[pos] == r[owner] - 1)
+                nxt = torch.full_like(a, N).scatter_reduce_(0, owner[ok], v[ok], 'amin')
+                cur[a] = nxt                            # found: a shortest path goes on
+            act = act[rem > 1]
+        out[t] = cur
+    return out
+
+
 class AddSPD(BaseTransform):
     r"""Shortest-path distances and degrees, Graphormer's spatial and centrality encodings
     (Ying et al., NeurIPS 2021):
@@ -115,7 +161,20 @@ class AddSPD(BaseTransform):
       unweighted graph.  Pairs farther apart, or in different components, are absent;
     * ``data.spd_val [M]`` (long): their distances ``phi(i, j)`` in ``0..max_dist``;
     * ``data.in_degree [N]``, ``data.out_degree [N]`` (long): the number of distinct in-/
-      out-neighbours, self-loops not counted.
+      out-neighbours, self-loops not counted;
+    * with ``path_len > 0``, ``data.spd_path_index [path_len + 1, M]`` (long), for Graphormer's
+      edge encoding (Eq. 7): column ``m`` holds the nodes of one shortest path from
+      ``spd_index[0, m]`` to ``spd_index[1, m]``, truncated to its first ``path_len`` edges
+      (Graphormer's ``multi_hop_max_dist``) and padded by repeating its last node.  Row 0 is
+      ``spd_index[0, m]``; rows ``1..min(phi, path_len)`` are the real steps, each an edge of
+      the graph described below (with ``directed=False`` possibly stored in ``edge_index`` in
+      the other direction only), so consecutive real nodes differ; every later row repeats the
+      last one (a step with ``node[t] == node[t + 1]`` is padding; no ``-1``).  The last row is
+      ``spd_index[1, m]`` iff ``phi <= path_len``.  The path is the lexicographically smallest
+      shortest node sequence (every step goes to the smallest-id neighbour still on a shortest
+      path): independent of the edge order, and the same alone or in a Batch.  Global node
+      ids, like ``spd_index``, so PyG collates it as it is (``'index'`` in the name:
+      concatenated along the last dimension, incremented by the node offset).
 
     The graph is the set of edges of ``edge_index``: duplicate edges count once, self-loops
     are ignored (``phi(i, i) = 0`` anyway) and ``edge_weight`` is neither read nor checked.
@@ -138,18 +197,28 @@ class AddSPD(BaseTransform):
         directed (bool): follow edge directions (``True``) or symmetrise (``False``).
         dense_max_nodes (int): graphs up to this size take the dense batched path (>= 0;
             0: every graph takes the sparse search).
+        path_len (int): the number of edges of each pair's shortest path written to
+            ``spd_path_index`` (>= 0; default 0: none, no ``spd_path_index``).  Paths come from
+            the distances by a sorted search, ``path_len`` steps over the pairs' out-edges (no
+            ``N^2`` tables on the sparse path).
     """
     supports_batch = True
     batch_keys = ('edge_index',)  # what forward reads (gtpe.precompute)
+    # a class default: AddSPD(path_len=0) keeps the parameter state (gtpe.precompute's cache
+    # fingerprint) of transforms made before path_len existed
+    path_len = 0
 
     def __init__(self, max_dist: int = 5, directed: bool = False,
-                 dense_max_nodes: int = 128) -> None:
+                 dense_max_nodes: int = 128, path_len: int = 0) -> None:
         self.max_dist = check_int(max_dist, 'max_dist', 'AddSPD')
         if directed is not True and directed is not False:
             raise ValueError(f"AddSPD: directed must be a bool, got {directed!r}")
         self.directed = directed
         self.dense_max_nodes = check_int(dense_max_nodes, 'dense_max_nodes', 'AddSPD',
                                          minimum=0)
+        path_len = check_int(path_len, 'path_len', 'AddSPD', minimum=0)
+        if path_len:
+            self.path_len = path_len
 
     def forward(self, data):
         ei, _, ptr = sp.get_edges(data, 'AddSPD', weights=False)
@@ -201,10 +270,17 @@ class AddSPD(BaseTransform):
         counts = counts.cpu()
         sp.set_attr(data, 'spd_index', index, counts=counts, increment=True)
         sp.set_attr(data, 'spd_val', val, counts=counts)
+        if self.path_len:
+            rowptr = torch.zeros(N + 1, dtype=torch.long, device=device)
+            rowptr[1:] = torch.cumsum(out_degree, 0)
+            with sp.single_thread(device.type == 'cpu'):
+                paths = _shortest_paths(rowptr, col, index, val, N, self.path_len)
+            sp.set_attr(data, 'spd_path_index', paths, counts=counts, increment=True)
         sp.set_attr(data, 'in_degree', in_degree)
         sp.set_attr(data, 'out_degree', out_degree)
         return data
 
     def __repr__(self) -> str:
+        path = f', path_len={self.path_len}' if self.path_len else ''
         return (f'{self.__class__.__name__}(max_dist={self.max_dist}, '
-                f'directed={self.directed}, dense_max_nodes={self.dense_max_nodes})')
+                f'directed={self.directed}, dense_max_nodes={self.dense_max_nodes}{path})')

@@ -8,12 +8,18 @@
                                  (Dwivedi & Bresson 2020)
 * :class:`GraphormerAttention`  full attention + Graphormer's spatial (shortest-path) bias
                                  (Ying et al. 2021); :class:`GraphormerBias`,
-                                 :class:`CentralityEncoding`
+                                 :class:`GraphormerEdgeEncoding` (edge encoding along
+                                 shortest paths), :class:`CentralityEncoding`
 """
 
 from gtpe.nn.attention.exphormer import ExphormerAttention
 from gtpe.nn.attention.full import FullAttention
-from gtpe.nn.attention.graphormer import CentralityEncoding, GraphormerAttention, GraphormerBias
+from gtpe.nn.attention.graphormer import (
+    CentralityEncoding,
+    GraphormerAttention,
+    GraphormerBias,
+    GraphormerEdgeEncoding,
+)
 from gtpe.nn.attention.grit import GRITAttention
 from gtpe.nn.attention.gt import GTAttention
 from gtpe.nn.attention.linear import LinearAttention
@@ -26,5 +32,6 @@ __all__ = [
     "GTAttention",
     "GraphormerAttention",
     "GraphormerBias",
+    "GraphormerEdgeEncoding",
     "LinearAttention",
 ]
