@@ -64,7 +64,8 @@ returns ``dS`` as its gradient; the SDPA paths pass it as the float ``attn_mask`
 bucket (``[B, H, L, L]``, ``-inf`` on padded keys).  Autograd gathers the buffer's gradient
 back to ``pair_bias`` and ``default_bias``.  The buffer has the size of the saved
 probabilities.  On ZINC batches (``benchmarks/graphormer_bench.py``) the kernel path with the
-bias runs forward + backward ~2.4x faster than one padded SDPA call with a dense bias.
+bias runs forward + backward 1.4-2.5x faster than one padded SDPA call with a dense bias
+(depending on the host CPU: 2.4-2.5x on 2026-12-01's VM, 1.4x on 2026-12-02's).
 
 Nested (jagged) tensors were tried too: ``scaled_dot_product_attention`` on jagged tensors has
 no CPU kernel in torch 2.13 ("No viable backend"), so they are not used.  ``batch`` must be
