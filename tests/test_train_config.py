@@ -132,8 +132,11 @@ def test_lr_schedule():
 def test_every_shipped_config_loads(path):
     c = load_config(path)
     assert c.dataset.name == path.parent.name
-    pe = path.stem.split('+')[1]
-    assert {'rwse': c.model.pe.rwse, 'lappe': c.model.pe.lap}.get(pe, 'none') is not None
+    pe = path.stem.split('+')[1] if '+' in path.stem else 'none'  # <model>[+<pe>].yaml
+    assert {'rwse': c.model.pe.rwse, 'lappe': c.model.pe.lap,
+            'signnet': c.model.pe.lap}.get(pe, 'none') is not None
+    if pe == 'signnet':
+        assert c.model.pe.lap.encoder == 'signnet'
     assert len(c.model.transforms()) == (pe != 'none')
     # the dataclasses mirror the YAML 1:1: every key of the file is a field
     assert ExperimentConfig.from_dict(c.to_dict()) == c
