@@ -10,6 +10,9 @@
                                  (Ying et al. 2021); :class:`GraphormerBias`,
                                  :class:`GraphormerEdgeEncoding` (edge encoding along
                                  shortest paths), :class:`CentralityEncoding`
+* :class:`SGFormerAttention`    SGFormer's simple global attention (Wu et al. 2023), O(N) per graph
+* :class:`PolynormerAttention`  Polynormer's sigmoid-kernel global attention (Deng et al. 2024);
+                                 :class:`PolynormerLocal` its local gated GAT layer
 """
 
 from gtpe.nn.attention.exphormer import ExphormerAttention
@@ -23,6 +26,8 @@ from gtpe.nn.attention.graphormer import (
 from gtpe.nn.attention.grit import GRITAttention
 from gtpe.nn.attention.gt import GTAttention
 from gtpe.nn.attention.linear import LinearAttention
+from gtpe.nn.attention.polynormer import PolynormerAttention, PolynormerLocal
+from gtpe.nn.attention.sgformer import SGFormerAttention
 
 __all__ = [
     "CentralityEncoding",
@@ -34,4 +39,7 @@ __all__ = [
     "GraphormerBias",
     "GraphormerEdgeEncoding",
     "LinearAttention",
+    "PolynormerAttention",
+    "PolynormerLocal",
+    "SGFormerAttention",
 ]
