@@ -274,7 +274,7 @@ def test_config_from_dict_round_trip_and_errors():
     assert GPSModelConfig.from_dict(c.to_dict()) == c
     bad = [
         ({"attn": "performer"}, "attn must be one of"),
-        ({"local": "gcn"}, "local must be one of"),
+        ({"local": "sage"}, "local must be one of"),
         ({"channels": 30, "heads": 4}, "divisible by heads"),
         (
             {"channels": 32, "pe": {"rwse": {"dim": 16}, "lap": {"dim": 16}}},

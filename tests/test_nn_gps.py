@@ -378,7 +378,7 @@ def test_gpslayer_errors():
     with pytest.raises(ValueError, match="unknown attn"):
         GPSLayer(C, attn="performer")
     with pytest.raises(ValueError, match="unknown local"):
-        GPSLayer(C, local="gcn")
+        GPSLayer(C, local="sage")
     with pytest.raises(ValueError, match="divisible"):
         GPSLayer(30, heads=4)
     with pytest.raises(ValueError, match="unknown norm"):

@@ -4,7 +4,7 @@ Example (``model:`` section of an experiment YAML)::
 
     channels: 64
     num_layers: 4
-    local: gine          # gine | dirgine | gatedgcn | none
+    local: gine          # gine | dirgine | gatedgcn | gcn | none  (gcn ignores edge features)
     attn: full           # full | linear | exphormer | grit | gt | graphormer | none
     heads: 4
     dropout: 0.0
@@ -12,6 +12,13 @@ Example (``model:`` section of an experiment YAML)::
     norm: batch          # batch | layer | none
     pool: mean           # mean | add | token (graph token: attn graphormer, or arch tokengt)
     arch: gps            # gps (GPSModel) | tokengt (TokenGTModel: nodes and edges as tokens)
+    residual: true       # x + branch in every layer (false: a plain stack, as Kipf's GCN)
+    ffn: true            # the layers' feed-forward block (false: ReLU only; the last layer
+                         # then has no ReLU and no dropout: a plain stack's output layer)
+    head: mlp            # mlp (Linear-ReLU-Linear) | linear (one Linear)
+    input_dropout: 0.0   # dropout on the raw float node features, before the input encoder
+    fold_linear: false   # local gcn plain stack: the first / last GCN have no weight of their
+                         # own, the input encoder / linear head is it (Kipf's parametrisation)
     pe:
       rwse: {walk_length: 20, dim: 16}
       lap: {k: 8, dim: 16, normalization: sym, encoder: deepset}   # encoder: deepset | transformer | signnet
@@ -45,12 +52,13 @@ __all__ = [
     "SPDConfig",
 ]
 
-LOCALS = ("gine", "dirgine", "gatedgcn", None)
+LOCALS = ("gine", "dirgine", "gatedgcn", "gcn", None)
 PHASES = ("canonical", "invariant")
 ATTNS = ("full", "linear", "exphormer", "grit", "gt", "graphormer", None)
 NORMS = ("batch", "layer", None)
 POOLS = ("mean", "add", "token")
 ARCHS = ("gps", "tokengt")
+HEADS = ("mlp", "linear")
 
 
 # Metadata of fields added after configs were first saved: ``to_dict`` leaves them out while
@@ -304,6 +312,13 @@ class GPSModelConfig:
     pool: str = "mean"
     pe: PEConfig = field(default_factory=PEConfig)
     arch: str = field(default="gps", metadata=OMIT_IF_DEFAULT)
+    # plain message-passing stacks (Kipf & Welling's GCN as `local: gcn, attn: null, norm: null,
+    # residual: false, ffn: false, head: linear, input_dropout: 0.5`); see the module docstring
+    residual: bool = field(default=True, metadata=OMIT_IF_DEFAULT)
+    ffn: bool = field(default=True, metadata=OMIT_IF_DEFAULT)
+    head: str = field(default="mlp", metadata=OMIT_IF_DEFAULT)
+    input_dropout: float = field(default=0.0, metadata=OMIT_IF_DEFAULT)
+    fold_linear: bool = field(default=False, metadata=OMIT_IF_DEFAULT)
 
     def __post_init__(self) -> None:
         _pos_int("GPSModelConfig", "channels", self.channels)
@@ -327,7 +342,23 @@ class GPSModelConfig:
                 f"GPSModelConfig.pool='token' (a graph token) needs attn='graphormer' or "
                 f"arch='tokengt', got attn={self.attn!r}"
             )
-        for name in ("dropout", "attn_dropout"):
+        for name in ("residual", "ffn", "fold_linear"):
+            v = getattr(self, name)
+            if v is not True and v is not False:
+                raise ConfigError(f"GPSModelConfig.{name} must be true or false, got {v!r}")
+        if self.head not in HEADS:
+            raise ConfigError(f"GPSModelConfig.head must be one of {HEADS}, got {self.head!r}")
+        if self.fold_linear:
+            need = {"local": "gcn", "ffn": False, "head": "linear"}
+            bad = [k for k, v in need.items() if getattr(self, k) != v]
+            if bad:
+                want = ", ".join(f"{k}: {'null' if v is None else str(v).lower()}"
+                                 for k, v in need.items())
+                raise ConfigError(
+                    f"GPSModelConfig.fold_linear needs a plain GCN stack ({want}); got "
+                    f"{bad[0]}={getattr(self, bad[0])!r}"
+                )
+        for name in ("dropout", "attn_dropout", "input_dropout"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
                 raise ConfigError(f"GPSModelConfig.{name} must be in [0, 1), got {v!r}")
@@ -372,6 +403,13 @@ class GPSModelConfig:
                 "GPSModelConfig: arch='tokengt' needs node identifiers: exactly one of pe.lap "
                 "(Laplacian eigenvectors, gtpe.transforms.AddLapPE) or pe.orf (orthonormal "
                 "random features)"
+            )
+        plain = [n for n in ("residual", "ffn", "head", "input_dropout", "fold_linear")
+                 if getattr(self, n) != GPSModelConfig.__dataclass_fields__[n].default]
+        if plain:
+            raise ConfigError(
+                f"GPSModelConfig: arch='tokengt' does not read {plain[0]} (a GPSModel option); "
+                f"leave it at its default"
             )
         other = [n for n in ("rwse", "maglap", "rrwp", "expander", "spd") if getattr(self.pe, n)]
         if other:

@@ -33,7 +33,7 @@ __all__ = ["CENTRALITY_MAX_DEGREE", "EDGE_INPUTS", "NODE_INPUTS", "GPSModel"]
 
 NODE_INPUTS = ("embedding", "ogb_atom", "linear", "sinusoid")
 # local modules that read edges without their direction: they get the symmetrised graph
-DIRECTION_BLIND_LOCALS = ("gine", "gatedgcn")
+DIRECTION_BLIND_LOCALS = ("gine", "gatedgcn", "gcn")
 EDGE_INPUTS = ("embedding", "ogb_bond", "linear", None)
 # Graphormer's centrality encoding: degrees above this share the last embedding row (molecules
 # have degree <= 6; Graphormer's own tables stop at 511)
@@ -103,7 +103,17 @@ class GPSModel(torch.nn.Module):
     The node input encoder has ``channels - sum(pe dims)`` outputs and the PE encoders'
     outputs are concatenated (GraphGPS), so ``x^{(0)}`` has ``channels`` features; the RRWP node
     term (GRIT) is added.  Edge features are encoded to ``channels``.  The head is
-    ``Linear(C, C) - ReLU - Linear(C, out_dim)``; pooling is ``config.pool`` (mean/add).
+    ``Linear(C, C) - ReLU - Linear(C, out_dim)`` (``config.head='linear'``: ``Linear(C,
+    out_dim)``); pooling is ``config.pool`` (mean/add).  ``config.residual`` / ``config.ffn``
+    go to every :class:`~gtpe.nn.GPSLayer`; ``config.input_dropout`` is dropout on the raw float
+    node features (``node_input='linear'`` only).  Kipf & Welling's GCN is ``local='gcn',
+    attn=None, norm=None, residual=False, ffn=False, head='linear', input_dropout=0.5``:
+    :math:`\mathbf{x}^{(\ell+1)} = \mathrm{Dropout}(\mathrm{ReLU}(\hat{A}\mathbf{x}^{(\ell)}W_\ell))`
+    after the linear input encoder, the last layer without ReLU and dropout
+    (:math:`\hat{A}\mathbf{x}^{(L-1)}W_{L-1}`), then one linear map; with
+    ``config.fold_linear`` the first and last GCN have no weight of their own (the encoder and
+    the head are theirs), so a 2-layer model is exactly
+    :math:`\hat{A}\,\mathrm{Dropout}(\mathrm{ReLU}(\hat{A}\,\mathrm{Dropout}(X) W_0))W_1` (plus biases).
 
     Graphormer (``attn='graphormer'``, Ying et al., NeurIPS 2021): the layers' attention has
     the spatial encoding :math:`b^h_{\phi(j,i)}` (:class:`~gtpe.nn.attention.graphormer.GraphormerAttention`,
@@ -196,6 +206,11 @@ class GPSModel(torch.nn.Module):
         self.node_input, self.node_in_dim = node_input, node_in_dim
         self.edge_input, self.edge_in_dim = edge_input, edge_in_dim
         self.graph_level = graph_level
+        if config.input_dropout > 0 and node_input != "linear":
+            raise ConfigError(
+                f"GPSModel: input_dropout (dropout on the raw float node features) needs "
+                f"node_input='linear', got {node_input!r}"
+            )
         if config.pool == "token" and not graph_level:
             raise ConfigError(
                 "GPSModel: pool='token' (a graph token readout) needs graph_level=True"
@@ -208,7 +223,7 @@ class GPSModel(torch.nn.Module):
         self.node_encoder = _feature_encoder(node_input, node_in_dim, C - pe.concat_dim, "node")
         # Edge features are read by GINE/GatedGCN, Exphormer, GT and (merged into the pairs) GRIT;
         # Graphormer's edge encoding has an encoder of its own (below).
-        uses_edges = config.local is not None or config.attn in ("exphormer", "grit", "gt")
+        uses_edges = config.local not in (None, "gcn") or config.attn in ("exphormer", "grit", "gt")
         self.edge_encoder = (
             _feature_encoder(edge_input, edge_in_dim, C, "edge") if uses_edges else None
         )
@@ -264,16 +279,24 @@ class GPSModel(torch.nn.Module):
                     local=config.local,
                     attn=config.attn,
                     heads=config.heads,
-                    dropout=config.dropout,
+                    # a plain stack's last layer (ffn=False) has no ReLU and no dropout: its
+                    # output goes to the head, as in Kipf & Welling's GCN and PyG's BasicGNN
+                    dropout=config.dropout if config.ffn or i < L - 1 else 0.0,
                     attn_dropout=config.attn_dropout,
                     norm=config.norm,
-                    # the last GatedGCN's edge output is never read: skip it
+                    # the last GatedGCN's edge output is never read: skip it; fold_linear: the
+                    # first / last GCN's weight is the input encoder / the linear head
                     local_kwargs=(
                         {"update_edges": False}
                         if config.local == "gatedgcn" and i == L - 1
+                        else {"weight": False}
+                        if config.fold_linear and i in (0, L - 1)
                         else None
                     ),
                     attn_kwargs=self._attn_kwargs(i),
+                    residual=config.residual,
+                    ffn=config.ffn,
+                    act=config.ffn or i < L - 1,
                 )
                 for i in range(L)
             ]
@@ -281,7 +304,11 @@ class GPSModel(torch.nn.Module):
         if config.attn == "graphormer":  # one spatial encoding for all layers, as the paper
             for layer in self.layers[1:]:
                 layer.attn.spatial = self.layers[0].attn.spatial
-        self.head = Sequential(Linear(C, C), ReLU(), Linear(C, out_dim))
+        self.head = (
+            Sequential(Linear(C, C), ReLU(), Linear(C, out_dim))
+            if config.head == "mlp"
+            else Linear(C, out_dim)
+        )
         self.reset_parameters()
 
     def _attn_kwargs(self, i: int) -> dict[str, Any] | None:
@@ -328,8 +355,9 @@ class GPSModel(torch.nn.Module):
             torch.nn.init.normal_(self.graph_token, std=0.02)  # as Graphormer's code
         for layer in self.layers:
             layer.reset_parameters()
-        self.head[0].reset_parameters()
-        self.head[2].reset_parameters()
+        for m in self.head.modules():
+            if isinstance(m, Linear):
+                m.reset_parameters()
 
     def encode(self, data: Any) -> dict[str, Any]:
         """Input and PE encoders: returns the keyword arguments of the first GPS layer
@@ -343,6 +371,8 @@ class GPSModel(torch.nn.Module):
             batch = edge_index.new_zeros(x_in.size(0))
         num_graphs = int(getattr(data, "num_graphs", 1) or 1)
 
+        if self.config.input_dropout > 0:  # Kipf & Welling: dropout on the input features
+            x_in = torch.nn.functional.dropout(x_in, self.config.input_dropout, self.training)
         parts = [self.node_encoder(x_in)]
         if self.rwse_encoder is not None:
             parts.append(self.rwse_encoder(_need(data, "rwse", "gtpe.transforms.AddRWSE")))

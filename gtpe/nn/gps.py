@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Dropout, Linear, ReLU, Sequential
 
-from gtpe.nn.local import GINE, DirGINE, GatedGCN
+from gtpe.nn.local import GCN, GINE, DirGINE, GatedGCN
 from gtpe.nn.ops import (
     make_norm,
     check_batch_shape,
@@ -29,7 +29,7 @@ from gtpe.nn.ops import (
 
 __all__ = ["ATTN_TYPES", "LOCAL_TYPES", "NORM_TYPES", "GPSLayer"]
 
-LOCAL_TYPES = ("gine", "dirgine", "gatedgcn")
+LOCAL_TYPES = ("gine", "dirgine", "gatedgcn", "gcn")
 ATTN_TYPES = ("full", "linear", "exphormer", "grit", "gt", "graphormer")
 NORM_TYPES = ("batch", "layer")
 
@@ -107,7 +107,15 @@ class GPSLayer(torch.nn.Module):
 
     with :math:`\mathrm{MLP} = \mathrm{Linear}(C, 2C) \to \mathrm{ReLU} \to \mathrm{Dropout} \to
     \mathrm{Linear}(2C, C) \to \mathrm{Dropout}`.  A missing branch (``local=None`` or
-    ``attn=None``) is left out of the sum.  For ``local='gine', attn='full', norm='batch'`` this is
+    ``attn=None``) is left out of the sum.  ``residual=False`` drops the :math:`\mathbf{x} +`
+    of both branches; ``ffn=False`` replaces the feed-forward block by the activation alone,
+    :math:`\mathbf{x}' = \mathrm{ReLU}(\mathbf{h})` (no MLP, no :math:`\mathrm{Norm}_3`), or by
+    nothing with ``act=False``, :math:`\mathbf{x}' = \mathbf{h}` (a plain stack's output
+    layer).  With ``local='gcn', attn=None, norm=None, residual=False, ffn=False`` the layer is
+    Kipf & Welling's hidden layer :math:`\mathbf{x}' = \mathrm{Dropout}(\mathrm{ReLU}(
+    \hat{\mathbf{D}}^{-1/2}\hat{\mathbf{A}}\hat{\mathbf{D}}^{-1/2}\mathbf{x}\mathbf{W} +
+    \mathbf{b}))` (the classic message-passing stack: conv, activation, dropout; with
+    ``act=False, dropout=0`` its output layer).  For ``local='gine', attn='full', norm='batch'`` this is
     exactly PyG's :class:`torch_geometric.nn.GPSConv` with ``GINEConv`` and
     ``attn_type='multihead'`` (same parameters: ``local`` ↔ ``conv``, ``attn`` ↔ ``attn``,
     ``mlp``, ``norm1/2/3`` ↔ ``norm1/2/3.module``; see :meth:`from_pyg`).  Differences from
@@ -119,7 +127,10 @@ class GPSLayer(torch.nn.Module):
         channels: feature size :math:`C` (node features, and edge features unless ``edge_dim``).
         local: ``'gine'`` (:class:`~gtpe.nn.local.GINE`), ``'dirgine'``
             (:class:`~gtpe.nn.local.DirGINE`: separate weights for in- and out-edges of a directed
-            ``edge_index``), ``'gatedgcn'`` (:class:`~gtpe.nn.local.GatedGCN`), any
+            ``edge_index``), ``'gatedgcn'`` (:class:`~gtpe.nn.local.GatedGCN`), ``'gcn'``
+            (:class:`~gtpe.nn.local.GCN`, Kipf & Welling; ignores ``edge_attr``: no edge features
+            reach it, and they are not checked for it; its normalised adjacency is computed once
+            per ``state``), any
             ``torch_geometric`` ``MessagePassing`` instance (called with ``edge_attr`` when its
             ``forward`` takes it) or ``None``.
         attn: ``'full'`` (:class:`~gtpe.nn.attention.FullAttention`), ``'linear'``
@@ -135,6 +146,11 @@ class GPSLayer(torch.nn.Module):
         attn_dropout: dropout on the attention weights.
         norm: ``'batch'``, ``'layer'`` or ``None``.
         edge_dim: size of ``edge_attr`` if not ``channels`` (GINE maps it with a linear layer).
+        residual: add the input to each branch's output (the GPS recipe); ``False`` for a plain
+            stack.
+        ffn: the feed-forward block :math:`\mathrm{Norm}_3(\mathbf{h} + \mathrm{MLP}(\mathbf{h}))`;
+            ``False``: :math:`\mathrm{ReLU}(\mathbf{h})` instead (no ``mlp``, no ``norm3``).
+        act: with ``ffn=False``, apply that ReLU (``False``: return :math:`\mathbf{h}`).
         local_kwargs, attn_kwargs: extra constructor arguments of the built-in modules.
 
     Forward: ``x [N, C]``, ``edge_index [2, E]``, ``batch [N]`` (sorted graph ids; ``None`` = one
@@ -193,6 +209,9 @@ class GPSLayer(torch.nn.Module):
         edge_dim: int | None = None,
         local_kwargs: dict[str, Any] | None = None,
         attn_kwargs: dict[str, Any] | None = None,
+        residual: bool = True,
+        ffn: bool = True,
+        act: bool = True,
     ):
         super().__init__()
         local, attn, norm = _none(local), _none(attn), _none(norm)
@@ -210,6 +229,12 @@ class GPSLayer(torch.nn.Module):
             )
         if local is None and attn is None:
             raise ValueError("GPSLayer: local and attn cannot both be None")
+        for name, flag in (("residual", residual), ("ffn", ffn), ("act", act)):
+            if flag is not True and flag is not False:
+                raise ValueError(f"GPSLayer: {name} must be True or False, got {flag!r}")
+        if ffn and not act:
+            raise ValueError("GPSLayer: act=False (no activation after the branches) needs "
+                             "ffn=False (the feed-forward block has its own ReLU)")
         if norm not in (None, "batch", "batch_norm", "layer", "layer_norm"):
             _make_norm(norm, channels)  # raises the unknown-norm error before any module is built
         self.channels = channels
@@ -218,6 +243,9 @@ class GPSLayer(torch.nn.Module):
         self.attn_dropout = float(attn_dropout)
         self.norm_type = norm
         self.edge_dim = edge_dim
+        self.residual = residual
+        self.ffn = ffn
+        self.act = act
         local_kwargs = dict(local_kwargs or {})
         attn_kwargs = dict(attn_kwargs or {})
 
@@ -237,7 +265,10 @@ class GPSLayer(torch.nn.Module):
                         f"GPSLayer: local='gatedgcn' needs edge features of size "
                         f"channels={channels}, got edge_dim={edge_dim}"
                     )
+                local_kwargs.setdefault("residual", residual)
                 self.local = GatedGCN(channels, dropout=dropout, **local_kwargs)
+            elif local == "gcn":
+                self.local = GCN(channels, **local_kwargs)
             else:
                 raise ValueError(
                     f"GPSLayer: unknown local {local!r}; expected one of "
@@ -253,6 +284,8 @@ class GPSLayer(torch.nn.Module):
                 if isinstance(local, DirGINE)
                 else "gatedgcn"
                 if isinstance(local, GatedGCN)
+                else "gcn"
+                if isinstance(local, GCN)
                 else "custom"
             )
         else:
@@ -312,16 +345,20 @@ class GPSLayer(torch.nn.Module):
             self._edge_attr_specs.append((dim, "channels" if dim == channels else "edge_dim", False))
 
         # -- MLP and norms (names as in PyG's GPSConv) --
-        self.mlp = Sequential(
-            Linear(channels, 2 * channels),
-            ReLU(),
-            Dropout(dropout),
-            Linear(2 * channels, channels),
-            Dropout(dropout),
+        self.mlp = (
+            Sequential(
+                Linear(channels, 2 * channels),
+                ReLU(),
+                Dropout(dropout),
+                Linear(2 * channels, channels),
+                Dropout(dropout),
+            )
+            if ffn
+            else None
         )
         self.norm1 = _make_norm(norm, channels) if self.local is not None else None
         self.norm2 = _make_norm(norm, channels) if self.attn is not None else None
-        self.norm3 = _make_norm(norm, channels)
+        self.norm3 = _make_norm(norm, channels) if ffn else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -332,8 +369,9 @@ class GPSLayer(torch.nn.Module):
                 self.attn.reset_parameters()
             elif hasattr(self.attn, "_reset_parameters"):
                 self.attn._reset_parameters()
-        self.mlp[0].reset_parameters()
-        self.mlp[3].reset_parameters()
+        if self.mlp is not None:
+            self.mlp[0].reset_parameters()
+            self.mlp[3].reset_parameters()
         for n in (self.norm1, self.norm2, self.norm3):
             if n is not None:
                 n.reset_parameters()
@@ -378,11 +416,14 @@ class GPSLayer(torch.nn.Module):
             else:
                 if self.local_type in ("gine", "dirgine") or self._local_takes_edge_attr:
                     h = self.local(x, edge_index, edge_attr=ea, **kwargs)
+                elif self.local_type == "gcn":  # edge features are not used by GCN
+                    h = self.local(x, edge_index, cache=state)
                 else:
                     h = self.local(x, edge_index, **kwargs)
                 if p > 0:
                     h = F.dropout(h, p=p, training=True)
-                h = h + x
+                if self.residual:
+                    h = h + x
             if self.norm1 is not None:
                 h = self.norm1(h)
             out = h
@@ -397,12 +438,15 @@ class GPSLayer(torch.nn.Module):
                 )
             if p > 0:
                 a = F.dropout(a, p=p, training=True)
-            a = a + x
+            if self.residual:
+                a = a + x
             if self.norm2 is not None:
                 a = self.norm2(a)
             out = a if out is None else out + a
 
         assert out is not None
+        if self.mlp is None:
+            return out.relu() if self.act else out
         if p > 0:
             out = out + self.mlp(out)
         else:  # same as self.mlp without the (identity) Dropout calls
@@ -647,5 +691,9 @@ class GPSLayer(torch.nn.Module):
         return (
             f"{self.__class__.__name__}({self.channels}, local={local!r}, attn={attn!r}, "
             f"heads={self.heads}, dropout={self.dropout}, attn_dropout={self.attn_dropout}, "
-            f"norm={self.norm_type!r})"
+            f"norm={self.norm_type!r}"
+            + ("" if self.residual else ", residual=False")
+            + ("" if self.ffn else ", ffn=False")
+            + ("" if self.act else ", act=False")
+            + ")"
         )

@@ -1,4 +1,4 @@
-"""Local message passing for GPS layers: GINE, DirGINE (directed graphs) and GatedGCN.
+"""Local message passing for GPS layers: GINE, DirGINE (directed graphs), GatedGCN and GCN.
 
 All are written as a handful of tensor ops (``index_select`` / :func:`~gtpe.nn.ops.scatter_sum`) instead of
 :class:`torch_geometric.nn.MessagePassing`: at the size of one molecular mini-batch
@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import BatchNorm1d, Linear, ReLU, Sequential
 
-from gtpe.nn.ops import check_index_shape, edge_attr_error, scatter_sum
+from gtpe.nn.ops import check_index_shape, edge_attr_error, scatter_sum, segment_count
 
-__all__ = ["GINE", "DirGINE", "GatedGCN"]
+__all__ = ["GCN", "GINE", "DirGINE", "GatedGCN"]
 
 
 def _reset(module: torch.nn.Module) -> None:
@@ -271,3 +271,91 @@ class GatedGCN(torch.nn.Module):
             f"{self.__class__.__name__}({self.channels}, dropout={self.dropout}, "
             f"update_edges={self.update_edges})"
         )
+
+
+class GCN(torch.nn.Module):
+    r"""Graph convolution from `"Semi-Supervised Classification with Graph Convolutional
+    Networks" <https://arxiv.org/abs/1609.02907>`_ (Kipf & Welling, ICLR 2017):
+
+    .. math::
+        \mathbf{X}' = \hat{\mathbf{D}}^{-1/2}\hat{\mathbf{A}}\hat{\mathbf{D}}^{-1/2}
+            \mathbf{X}\mathbf{W} + \mathbf{b},\qquad
+        \hat{\mathbf{A}} = \mathbf{A} + \mathbf{I},\quad
+        \hat{D}_{ii} = \textstyle\sum_j \hat{A}_{ij}
+
+    with :math:`A_{ij}` the number of edges :math:`j \to i` in ``edge_index`` (so
+    :math:`\hat{D}_{ii}` is 1 + the in-degree; a symmetric ``edge_index`` gives Kipf's
+    symmetric normalisation).  Self-loops already in ``edge_index`` are dropped before the
+    :math:`\mathbf{I}` is added (each node gets exactly one loop of weight 1).  This equals
+    :class:`torch_geometric.nn.GCNConv` (``normalize=True``, ``add_self_loops=True``) with the
+    same weight and bias on graphs without self-loops.
+
+    Edge features are not used: ``forward`` accepts ``edge_attr`` (as the other local modules)
+    and ignores it.  The normalised edge weights depend only on ``edge_index``; pass a dict as
+    ``cache`` (``GPSLayer`` passes the ``state`` its layers share in one model forward) and
+    they are computed once per graph and reused by every layer that gets the same
+    ``edge_index`` tensor.  On a node-sampled subgraph (neighbour loader) the degrees are the
+    subgraph's, as with PyG's ``GCNConv``.
+
+    Args:
+        channels: input and output size :math:`C` (``W`` is ``[C, C]``).
+        bias: learn the additive bias :math:`\mathbf{b}`.
+        weight: learn :math:`\mathbf{W}`; ``False``: propagation only,
+            :math:`\hat{\mathbf{D}}^{-1/2}\hat{\mathbf{A}}\hat{\mathbf{D}}^{-1/2}\mathbf{X} +
+            \mathbf{b}` (for a layer whose linear map is applied next to it, e.g. a model's
+            input encoder or linear head, so that no two linear maps are multiplied).
+    """
+
+    CACHE_KEY = "gcn_norm"
+
+    def __init__(self, channels: int, bias: bool = True, weight: bool = True):
+        super().__init__()
+        self.channels = channels
+        self.lin = Linear(channels, channels, bias=False) if weight else None
+        self.bias = torch.nn.Parameter(torch.empty(channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.lin is not None:  # Glorot, as Kipf & Welling (and PyG's GCNConv)
+            torch.nn.init.xavier_uniform_(self.lin.weight)
+        if self.bias is not None:
+            torch.nn.init.zeros_(self.bias)
+
+    @staticmethod
+    def normalize(edge_index: Tensor, num_nodes: int, dtype: torch.dtype = torch.float32
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+        r"""``(src, dst, weight)`` of :math:`\hat{\mathbf{A}}` (self-loops last) with
+        ``weight`` :math:`= \hat{D}_{ii}^{-1/2}\hat{D}_{jj}^{-1/2}` for each edge
+        :math:`j \to i` (``src = j``, ``dst = i``)."""
+        src, dst = edge_index[0], edge_index[1]
+        keep = src != dst
+        loop = torch.arange(num_nodes, device=edge_index.device, dtype=edge_index.dtype)
+        src = torch.cat([src[keep], loop])
+        dst = torch.cat([dst[keep], loop])
+        deg = segment_count(dst, num_nodes, dtype=dtype)  # >= 1: every node has its loop
+        dis = deg.rsqrt()
+        return src, dst, dis.index_select(0, src) * dis.index_select(0, dst)
+
+    def forward(
+        self,
+        x: Tensor,
+        edge_index: Tensor,
+        edge_attr: Tensor | None = None,
+        *,
+        cache: dict | None = None,
+    ) -> Tensor:
+        check_index_shape("GCN", "edge_index", edge_index)
+        N = x.size(0)
+        norm = cache.get(self.CACHE_KEY) if cache is not None else None
+        if norm is None or norm[0] is not edge_index or norm[1] != N or norm[2] != x.dtype:
+            norm = (edge_index, N, x.dtype, *self.normalize(edge_index, N, x.dtype))
+            if cache is not None:
+                cache[self.CACHE_KEY] = norm
+        src, dst, weight = norm[3:]
+        h = self.lin(x) if self.lin is not None else x
+        out = scatter_sum(h.index_select(0, src) * weight.unsqueeze(-1), dst, N)
+        return out + self.bias if self.bias is not None else out
+
+    def __repr__(self) -> str:
+        extra = "" if self.lin is not None else ", weight=False"
+        return f"{self.__class__.__name__}({self.channels}, {self.channels}{extra})"

@@ -6,6 +6,12 @@ An experiment YAML has three sections::
     model:   {channels: 64, num_layers: 4, local: gine, attn: full, pe: {rwse: {walk_length: 20}}}
     train:   {epochs: 100, batch_size: 32, lr: 1.0e-3, scheduler: cosine, warmup_epochs: 5}
 
+Node-level datasets (one graph with ``train_mask``/``val_mask``/``test_mask``: Cora, CiteSeer,
+ogbn-*, sbm-*) train full-batch by default; ``train.loader: neighbor`` with ``train.fanouts``
+samples the neighbourhoods of ``batch_size`` training nodes per step instead.
+``train.patience`` stops any run early. Options that only make sense for one kind of dataset
+are errors on the other (:func:`check_dataset_options`, called by :func:`load_config`).
+
 ``model`` is :class:`gtpe.models.config.GPSModelConfig`. Unknown keys, wrong types and missing
 required keys raise :class:`ConfigError` naming the full key path (with a close match suggested).
 Overrides ``key.path=value`` (``gtpe train --set``) are parsed as YAML scalars, so
@@ -22,7 +28,7 @@ from typing import Any, Literal
 
 import yaml
 
-from gtpe.models.config import GPSModelConfig
+from gtpe.models.config import OMIT_IF_DEFAULT, GPSModelConfig
 from gtpe.train._dataclass_io import ConfigError, from_dict, set_path, to_dict
 
 Overrides = Iterable[str | tuple[str, Any]] | Mapping[str, Any] | str
@@ -34,6 +40,7 @@ __all__ = [
     'ExperimentConfig',
     'TrainConfig',
     'apply_overrides',
+    'check_dataset_options',
     'experiment_hash',
     'load_config',
     'parse_override',
@@ -50,11 +57,16 @@ class DatasetConfig:
         root: data root (default: ``$GTPE_DATA_ROOT`` or ``./datasets``).
         limit: optional cap on the number of graphs per split (first ``limit`` graphs of each
             split; for smoke runs and tests; on node-inductive datasets it counts graphs too).
-            Ignored for node-level datasets (one graph).
+            An error for node-level datasets (one graph: nothing to cap).
+        normalize_features: divide each node's float features by their sum (rows summing to
+            1, zero rows kept; PyG's ``NormalizeFeatures``, the preprocessing of Kipf &
+            Welling's Planetoid experiments). Only for datasets with float node features
+            (``node_input: linear``).
     """
     name: str
     root: str | None = None
     limit: int | None = None
+    normalize_features: bool = field(default=False, metadata=OMIT_IF_DEFAULT)
 
     def __post_init__(self):
         if not self.name:
@@ -81,6 +93,19 @@ class TrainConfig:
     ``deterministic: true`` (``torch.use_deterministic_algorithms``, warn-only; also export
     ``CUBLAS_WORKSPACE_CONFIG=:4096:8``) for reproducible GPU runs at some speed cost.
     ``batch_size`` is per process under ``torchrun``.
+
+    Node-level datasets (one graph with masks): ``loader`` is ``'full'`` (the default there: one
+    step per epoch on the whole graph, loss on the training mask) or ``'neighbor'``: steps over
+    mini-batches of ``batch_size`` training nodes, each with its sampled neighbourhood,
+    ``fanouts[l]`` neighbours per node at hop ``l + 1`` (one per layer, ``-1``: all), uniformly
+    without replacement (PyG ``NodeLoader`` semantics: the sampled edges point towards the
+    seeds). Evaluation is full-batch when the graph fits in memory, else neighbour-sampled over
+    the evaluated nodes with the same fan-outs (a fixed sample). Both keys are errors on
+    graph-level datasets, which keep batching ``batch_size`` graphs.
+
+    ``patience``: stop when the validation metric has not improved for ``patience`` epochs
+    (``null``: train all ``epochs``); the best-validation epoch is what ``results.json``
+    reports (its ``test``) and ``checkpoints/best.pt`` holds.
     """
     epochs: int = 100
     batch_size: int = 32
@@ -95,6 +120,9 @@ class TrainConfig:
     device: Literal['auto', 'cpu', 'cuda'] = 'auto'
     num_workers: int = 0
     deterministic: bool = False
+    loader: Literal['full', 'neighbor'] | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    fanouts: list[int] | None = field(default=None, metadata=OMIT_IF_DEFAULT)
+    patience: int | None = field(default=None, metadata=OMIT_IF_DEFAULT)
 
     def __post_init__(self):
         checks = [
@@ -116,6 +144,24 @@ class TrainConfig:
                 not 0 <= self.seed < 2**63:  # the range torch.manual_seed and numpy accept
             raise ValueError(f'TrainConfig.seed must be an integer in [0, 2**63 - 1], '
                              f'got {self.seed!r}')
+        if self.patience is not None and (isinstance(self.patience, bool)
+                                          or not isinstance(self.patience, int)
+                                          or self.patience < 1):
+            raise ValueError(f'TrainConfig.patience must be a positive integer (epochs without '
+                             f'a better validation metric) or null, got {self.patience!r}')
+        if self.fanouts is not None:
+            self.fanouts = list(self.fanouts)
+            if not self.fanouts or any(isinstance(k, bool) or not isinstance(k, int)
+                                       or not (k >= 1 or k == -1) for k in self.fanouts):
+                raise ValueError(f'TrainConfig.fanouts must be a list of neighbour counts, one '
+                                 f'per layer, each >= 1 or -1 (all), got {self.fanouts!r}')
+        if self.loader == 'neighbor' and self.fanouts is None:
+            raise ValueError("TrainConfig.loader: 'neighbor' needs train.fanouts, one neighbour "
+                             "count per layer (e.g. [10, 10]; -1 takes all neighbours)")
+        if self.fanouts is not None and self.loader != 'neighbor':
+            raise ValueError(f"TrainConfig.fanouts: only used with train.loader: neighbor (got "
+                             f"loader {self.loader or 'null'}); set train.loader: neighbor or "
+                             f"remove train.fanouts")
 
     @property
     def effective_warmup_epochs(self) -> int:
@@ -137,6 +183,12 @@ class ExperimentConfig:
     dataset: DatasetConfig
     model: GPSModelConfig = field(default_factory=GPSModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        fanouts = self.train.fanouts
+        if fanouts is not None and len(fanouts) != self.model.num_layers:
+            raise ConfigError(f'train.fanouts: {len(fanouts)} fan-outs {fanouts} for '
+                              f'model.num_layers = {self.model.num_layers}; give one per layer')
 
     @classmethod
     def from_dict(cls, data: Any) -> ExperimentConfig:
@@ -221,7 +273,34 @@ def load_config(path: str | os.PathLike | None = None, overrides: Overrides = ()
     data = apply_overrides(_deepcopy(data), overrides)
     config = ExperimentConfig.from_dict(data)
     _check_dataset_name(config.dataset.name)
+    check_dataset_options(config)
     return config
+
+
+def check_dataset_options(config: ExperimentConfig, info: Any = None) -> None:
+    """Raise :class:`ConfigError` (one line naming the key) for an option that does not apply
+    to the dataset's kind: ``dataset.limit`` on a node-level dataset (one graph),
+    ``train.loader`` / ``train.fanouts`` on a graph-level or node-inductive one (many graphs),
+    ``dataset.normalize_features`` without float node features. ``info``: the dataset's
+    :class:`~gtpe.datasets.DatasetInfo` (looked up by name when not given)."""
+    if info is None:
+        from gtpe.datasets import dataset_info
+        info = dataset_info(config.dataset.name)
+    dc, tc = config.dataset, config.train
+    if info.level == 'node' and dc.limit is not None:
+        raise ConfigError(f'dataset.limit: {info.name} is a node-level dataset (one graph with '
+                          f'train/val/test masks), there are no graphs to limit; remove '
+                          f'dataset.limit')
+    if info.level != 'node':
+        kind = 'graph-level' if info.level == 'graph' else 'node-inductive (many graphs)'
+        for key, value in (('loader', tc.loader), ('fanouts', tc.fanouts)):
+            if value is not None:
+                raise ConfigError(f'train.{key}: only for node-level datasets (one graph with '
+                                  f'masks); {info.name} is {kind} and trains on batches of '
+                                  f'train.batch_size graphs; remove train.{key}')
+    if dc.normalize_features and info.node_input != 'linear':
+        raise ConfigError(f'dataset.normalize_features: {info.name} has no float node features '
+                          f'(node_input {info.node_input!r}); remove it')
 
 
 def _check_dataset_name(name: str) -> None:

@@ -69,6 +69,7 @@ split (graph level), every node of its graphs (node-inductive) or the split's ma
 """
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -84,6 +85,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch_geometric.sampler import BaseSampler, SamplerOutput
 
 from gtpe._atomic import remove_stale_temporaries
 from gtpe._progress import progress_bar
@@ -98,10 +100,17 @@ from gtpe.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from gtpe.train.config import MACHINE_KEYS, ExperimentConfig, config_equal_except, load_config
+from gtpe.train.config import (
+    MACHINE_KEYS,
+    ExperimentConfig,
+    check_dataset_options,
+    config_equal_except,
+    load_config,
+)
 
 __all__ = [
     'TrainingDiverged',
+    'UniformNeighborSampler',
     'build_model',
     'compute_loss',
     'format_summary',
@@ -171,10 +180,11 @@ def load_data(config: ExperimentConfig, progress: bool = True,
     """``(DatasetInfo, {'train','val','test'})`` with the model's PE transforms precomputed.
 
     Without ``dataset.limit`` the transforms go to :func:`gtpe.datasets.load_dataset` as
-    ``pre_transform`` (cached there). With a limit (graph-level and node-inductive datasets; a
-    node-level dataset is one graph and ignores it) only the first ``limit`` graphs of each split
-    are kept and the transforms are computed for them alone with
-    :func:`gtpe.precompute` (cached under ``<root>/<name>/pe``).
+    ``pre_transform`` (cached there). With a limit (graph-level and node-inductive datasets; on
+    a node-level dataset, one graph, it is an error: :func:`check_dataset_options`) only the
+    first ``limit`` graphs of each split are kept and the transforms are computed for them alone
+    with :func:`gtpe.precompute` (cached under ``<root>/<name>/pe``).
+    ``dataset.normalize_features`` applies PyG's ``NormalizeFeatures`` on access.
 
     ``stats`` (a dict), when given, is filled with :func:`gtpe.precompute`'s ``stats`` summed
     over the splits: ``seconds`` (``None`` if unknown for a split), ``bytes``, ``num_graphs``
@@ -185,17 +195,23 @@ def load_data(config: ExperimentConfig, progress: bool = True,
 
     dc = config.dataset
     info = dataset_info(dc.name)
+    check_dataset_options(config, info)
     transforms = list(config.model.transforms())
+    on_access = None
+    if dc.normalize_features:
+        from torch_geometric.transforms import NormalizeFeatures
+        on_access = NormalizeFeatures()
     parts: list[dict[str, Any]] = []
-    if dc.limit is None or info.level == 'node':
+    if dc.limit is None:
         if transforms:
             parts.append({})
         splits = load_dataset(dc.name, root=dc.root, pre_transform=transforms or None,
-                              progress=progress, precompute_stats=parts[0] if parts else None)
+                              transform=on_access, progress=progress,
+                              precompute_stats=parts[0] if parts else None)
         _sum_stats(stats, parts)
         return info, dict(splits)
 
-    splits = load_dataset(dc.name, root=dc.root, progress=progress)
+    splits = load_dataset(dc.name, root=dc.root, transform=on_access, progress=progress)
     out = {}
     for key in ('train', 'val', 'test'):
         ds = splits[key]
@@ -412,6 +428,296 @@ def _write_metrics_csv(path: Path, rows: list[dict]) -> None:
     atomic_write_text(path, buf.getvalue())
 
 
+# -- node-level datasets: full batch or neighbour sampling ------------------------------------
+
+# Attributes that pair nodes ([2, M] index + per-pair values) written by the PE transforms: a
+# neighbour-sampled subgraph keeps the pairs whose both ends it holds (renumbered).
+_PAIR_ATTRS = {'expander_index': (), 'rrwp_index': ('rrwp_val',), 'spd_index': ('spd_val',)}
+_UNSAMPLEABLE_ATTRS = ('spd_path_index',)
+
+
+class UniformNeighborSampler(BaseSampler):
+    r"""Neighbour sampling in plain torch for PyG's ``NodeLoader`` (what ``NeighborLoader``
+    does with ``pyg-lib``, which has no wheels for every torch; this one needs none).
+
+    From the seed nodes, hop ``l`` (``l = 1..L``) takes, for every node first reached at hop
+    ``l - 1``, ``fanouts[l-1]`` of its in-edges :math:`j \to i` uniformly without replacement
+    (all of them when it has fewer, or when the fan-out is ``-1``); the sources not seen before
+    become the next frontier. The subgraph holds the sampled nodes (seeds first, then by hop, in
+    order of first appearance) and the sampled edges, directed towards the seeds, as
+    ``NeighborLoader(subgraph_type='directional')``: a layer-``L`` model's output at a seed
+    depends only on them, and equals the full graph's when every fan-out is ``-1`` (for
+    aggregations over the in-edges; GCN's degree normalisation sees the subgraph's degrees).
+    Random numbers come from torch's default CPU generator.
+    """
+
+    def __init__(self, edge_index: Tensor, num_nodes: int, fanouts: list[int]):
+        edge_index = edge_index.cpu()
+        dst = edge_index[1]
+        self.perm = torch.sort(dst, stable=True).indices  # CSC order: edges grouped by target
+        self.src = edge_index[0].index_select(0, self.perm)
+        counts = torch.bincount(dst, minlength=num_nodes)
+        self.ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        self.num_nodes = num_nodes
+        self.fanouts = list(fanouts)
+        self._local = torch.full((num_nodes,), -1, dtype=torch.long)  # reused, reset per call
+
+    def _sample_edges(self, frontier: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """``(positions in CSC order, target of each)`` of the sampled in-edges of ``frontier``."""
+        start = self.ptr.index_select(0, frontier)
+        deg = self.ptr.index_select(0, frontier + 1) - start
+        if k >= 0:
+            take = deg.clamp(max=k)
+        else:
+            take = deg
+        owner = torch.repeat_interleave(torch.arange(frontier.numel()), deg)  # edge -> frontier
+        offset = torch.arange(owner.numel()) - torch.repeat_interleave(deg.cumsum(0) - deg, deg)
+        pos = start.index_select(0, owner) + offset
+        if k >= 0 and bool((deg > k).any()):
+            # rank of each edge within its node in a random order; keep the first `k`
+            key = owner.to(torch.float64) + torch.rand(owner.numel(), dtype=torch.float64)
+            order = torch.sort(key).indices
+            rank = torch.empty_like(order)
+            rank[order] = offset  # offset enumerates 0..deg-1 within each node, in node order
+            keep = rank < take.index_select(0, owner)
+            pos, owner = pos[keep], owner[keep]
+        return pos, frontier.index_select(0, owner)
+
+    def sample_from_nodes(self, index: Any, **kwargs: Any) -> SamplerOutput:
+        seeds = index.node.long()
+        local = self._local
+        nodes = [seeds]
+        local[seeds] = torch.arange(seeds.numel())
+        count = seeds.numel()
+        rows, cols, edges, num_nodes, num_edges = [], [], [], [seeds.numel()], []
+        frontier = seeds
+        try:
+            for k in self.fanouts:
+                pos, dst = self._sample_edges(frontier, k)
+                src = self.src.index_select(0, pos)
+                new = src[local.index_select(0, src) < 0]
+                if new.numel():  # unique, in order of first appearance
+                    uniq, inv = torch.unique(new, return_inverse=True)
+                    first = torch.full((uniq.numel(),), new.numel(), dtype=torch.long)
+                    first.scatter_reduce_(0, inv, torch.arange(new.numel()), 'amin')
+                    new = uniq[torch.argsort(first)]
+                    local[new] = torch.arange(count, count + new.numel())
+                    count += new.numel()
+                nodes.append(new)
+                rows.append(local.index_select(0, src))
+                cols.append(local.index_select(0, dst))
+                edges.append(self.perm.index_select(0, pos))
+                num_nodes.append(new.numel())
+                num_edges.append(pos.numel())
+                frontier = new
+            node = torch.cat(nodes)
+        finally:
+            local[torch.cat(nodes)] = -1
+        empty = torch.empty(0, dtype=torch.long)
+        return SamplerOutput(
+            node=node, row=torch.cat(rows) if rows else empty,
+            col=torch.cat(cols) if cols else empty, edge=torch.cat(edges) if edges else empty,
+            batch=None, num_sampled_nodes=num_nodes, num_sampled_edges=num_edges,
+            metadata=(index.input_id, index.time))
+
+    def sample_from_edges(self, index: Any, neg_sampling: Any = None) -> Any:  # pragma: no cover
+        raise NotImplementedError('UniformNeighborSampler samples from nodes only')
+
+    @property
+    def edge_permutation(self) -> None:
+        return None  # SamplerOutput.edge holds ids of the original edge_index
+
+
+class _PairSubgraph:
+    """``NodeLoader`` transform: the node pairs of :data:`_PAIR_ATTRS` (taken off the graph
+    before sampling) restricted to the sampled nodes and renumbered."""
+
+    def __init__(self, pairs: dict[str, tuple[Tensor, list[Tensor]]], num_nodes: int):
+        self.pairs = pairs
+        self.num_nodes = num_nodes
+
+    def __call__(self, data: Any) -> Any:
+        if not self.pairs:
+            return data
+        n_id = data.n_id
+        local = torch.full((self.num_nodes,), -1, dtype=torch.long)
+        local[n_id] = torch.arange(n_id.numel())
+        for key, (index, values) in self.pairs.items():
+            ends = local[index]
+            keep = (ends >= 0).all(0)
+            data[key] = ends[:, keep]
+            for name, v in zip(_PAIR_ATTRS[key], values):
+                data[name] = v[keep]
+        return data
+
+
+def _neighbor_loader(graph: Any, nodes: Tensor, fanouts: list[int], batch_size: int, *,
+                     shuffle: bool, generator: torch.Generator | None = None,
+                     num_workers: int = 0, sampler: Any = None) -> Any:
+    """PyG ``NodeLoader`` over ``nodes`` (ids of ``graph``) with :class:`UniformNeighborSampler`
+    and the pair attributes handled by :class:`_PairSubgraph`. Each batch is a ``Data`` whose
+    first ``batch_size`` nodes are the seeds (``n_id``: ids in ``graph``)."""
+    from torch_geometric.loader import NodeLoader
+
+    bad = [k for k in _UNSAMPLEABLE_ATTRS if k in graph]
+    if bad:
+        raise ConfigError(f"train.loader: 'neighbor' cannot sample '{bad[0]}' (Graphormer's "
+                          f"edge encoding, pe.spd.edge_encoding); use train.loader: full")
+    graph = copy.copy(graph)
+    pairs = {}
+    for key, value_keys in _PAIR_ATTRS.items():
+        if key in graph:
+            pairs[key] = (graph[key], [graph[v] for v in value_keys])
+            for k in (key, *value_keys):
+                del graph[k]
+    node_sampler = UniformNeighborSampler(graph.edge_index, graph.num_nodes, fanouts)
+    kwargs: dict[str, Any] = dict(batch_size=batch_size, num_workers=num_workers)
+    if sampler is not None:
+        kwargs['sampler'] = sampler
+    else:
+        kwargs.update(shuffle=shuffle, generator=generator)
+    return NodeLoader(graph, node_sampler=node_sampler, input_nodes=nodes,
+                      transform=_PairSubgraph(pairs, graph.num_nodes), **kwargs)
+
+
+def _full_batch_bytes(graph: Any, model_config: Any) -> int:
+    """Rough float32 memory of a forward pass over the whole graph without gradients: node and
+    edge activations of a few layers' worth, plus the dense attention scores of
+    ``attn: full | graphormer`` (:math:`N^2` per head)."""
+    N, E, C = graph.num_nodes, graph.num_edges, model_config.channels
+    total = 4 * C * (3 * E + 12 * N)
+    x = getattr(graph, 'x', None)
+    if isinstance(x, Tensor):
+        total += x.numel() * x.element_size()
+    if model_config.attn in ('full', 'graphormer'):
+        total += 4 * model_config.heads * N * N
+    return int(total)
+
+
+def _free_memory_bytes(device: torch.device) -> int:
+    if device.type == 'cuda':
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open('/proc/meminfo') as f:
+            for line in f:
+                if line.startswith('MemAvailable:'):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - no /proc
+        pass
+    return 8 * 2**30  # pragma: no cover
+
+
+class _NodeEvaluator:
+    """Metrics of ``model`` on the masks of a node-level dataset's one graph: one forward pass
+    over the whole graph for all requested splits (``mode='full'``), or neighbour-sampled
+    subgraphs around the evaluated nodes with ``fanouts`` (``'neighbor'``; a fixed sample,
+    drawn from a generator seeded with ``seed``, so every epoch sees the same one and the
+    training's random stream is untouched). ``finite`` tells whether the last call's
+    predictions were all finite."""
+
+    def __init__(self, graph: Any, info: Any, env: Any, mode: str = 'full',
+                 fanouts: list[int] | None = None, batch_size: int = 1024, seed: int = 0,
+                 log: Callable[[str], None] | None = None):
+        self.graph, self.info, self.env = graph, info, env
+        self.mode, self.fanouts, self.batch_size, self.seed = mode, fanouts, batch_size, seed
+        self.log = log or (lambda s: None)
+        self._device_graph = None
+        self.finite = True
+
+    def _full(self, model) -> Tensor:
+        if self._device_graph is None:  # a copy: Data.to moves the tensors in place
+            self._device_graph = copy.copy(self.graph).to(self.env.device)
+        return model(self._device_graph)
+
+    def predict(self, model, nodes: Tensor, progress: bool = False) -> Tensor:
+        """Model outputs ``[len(nodes), out_dim]`` for the node ids ``nodes`` (eval mode)."""
+        model.eval()
+        with torch.no_grad():
+            if self.mode == 'full':
+                try:
+                    return self._full(model)[nodes.to(self.env.device)].float().cpu()
+                except torch.OutOfMemoryError:
+                    if self.fanouts is None:
+                        raise
+                    self._device_graph = None
+                    torch.cuda.empty_cache()
+                    self.mode = 'neighbor'
+                    self.log(f'evaluation: the whole graph does not fit on {self.env.device}; '
+                             f'evaluating on neighbour-sampled subgraphs (fan-outs '
+                             f'{self.fanouts}) from now on')
+            return self._sampled(model, nodes, progress)
+
+    def _sampled(self, model, nodes: Tensor, progress: bool) -> Tensor:
+        out = None
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            loader = _neighbor_loader(self.graph, nodes.cpu(), self.fanouts, self.batch_size,
+                                      shuffle=False)
+            it = progress_bar(loader, desc='eval', unit='batch', enabled=progress,
+                              leave=False, dynamic_ncols=True)
+            start = 0
+            for batch in it:
+                n = batch.batch_size
+                pred = model(batch.to(self.env.device))[:n].float().cpu()
+                if out is None:
+                    out = pred.new_empty((nodes.numel(),) + tuple(pred.shape[1:]))
+                out[start:start + n] = pred
+                start += n
+        assert out is not None
+        return out
+
+    def __call__(self, model, progress: bool, splits: tuple[str, ...] = ('val', 'test')
+                 ) -> dict[str, float]:
+        masks = [getattr(self.graph, f'{s}_mask') for s in splits]
+        union = masks[0].clone()
+        for m in masks[1:]:
+            union |= m
+        nodes = union.nonzero().view(-1)
+        pred = self.predict(model, nodes, progress)
+        self.finite = bool(torch.isfinite(pred).all())
+        y = self.graph.y
+        result = {}
+        for s, m in zip(splits, masks):
+            rows = m[nodes]  # the split's nodes among the evaluated ones (ascending ids)
+            out, yt = pred[rows], y[m]
+            if self.info.task != 'multiclass':
+                yt = yt.reshape(out.shape)
+            result[s] = score(self.info.metric, yt, out)
+        return result
+
+
+def _node_setup(graph: Any, config: Any, info: Any, env: D.DistEnv, gen: torch.Generator,
+                log: Callable[[str], None]) -> tuple[Any, Any, _NodeEvaluator]:
+    """``(train loader, distributed sampler or None, evaluator)`` of a node-level dataset.
+
+    ``train.loader: full`` (default): the loader is the one graph (on the device) per epoch.
+    ``neighbor``: a :func:`_neighbor_loader` over the training nodes (shuffled per epoch with
+    ``gen``; under ``torchrun`` a ``DistributedSampler`` splits them over the processes).
+    Evaluation is full-batch unless the loader is ``neighbor`` and :func:`_full_batch_bytes`
+    exceeds half the free memory of the device, then neighbour-sampled with the same fan-outs.
+    """
+    tc = config.train
+    if (tc.loader or 'full') == 'full':
+        evaluator = _NodeEvaluator(graph, info, env, 'full', seed=tc.seed, log=log)
+        return [copy.copy(graph).to(env.device)], None, evaluator
+    train_nodes = graph.train_mask.nonzero().view(-1)
+    sampler = None
+    if env.distributed:
+        sampler = torch.utils.data.DistributedSampler(
+            range(train_nodes.numel()), num_replicas=env.world_size, rank=env.rank,
+            shuffle=True, seed=tc.seed)
+    loader = _neighbor_loader(graph, train_nodes, tc.fanouts, tc.batch_size, shuffle=True,
+                              generator=gen, num_workers=tc.num_workers, sampler=sampler)
+    need, free = _full_batch_bytes(graph, config.model), _free_memory_bytes(env.device)
+    mode = 'full' if need <= free // 2 else 'neighbor'
+    if mode == 'neighbor':
+        log(f'evaluation on neighbour-sampled subgraphs (fan-outs {tc.fanouts}): a forward pass '
+            f'over the whole graph needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free')
+    evaluator = _NodeEvaluator(graph, info, env, mode, fanouts=tc.fanouts,
+                               batch_size=tc.batch_size, seed=tc.seed, log=log)
+    return loader, sampler, evaluator
+
+
 class _Evaluator:
     """Metric of ``model`` on one split (:func:`score`); sharded round-robin over ranks (by
     graph) when distributed. Node level: the split's mask of the one graph; node-inductive: every
@@ -516,7 +822,17 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
     model = build_model(config, info).to(env.device)
     num_params = sum(p.numel() for p in model.parameters())
     gen = torch.Generator()
-    if env.distributed:
+    node_level = info.level == 'node'
+    evals: dict[str, Any] = {}
+    node_eval: _NodeEvaluator | None = None
+    sampled, num_train_nodes = False, 1  # node level: neighbour loader / nodes in the loss
+    if node_level:
+        train_loader, sampler, node_eval = _node_setup(splits['train'][0], config, info, env,
+                                                       gen, log)
+        sampled = tc.loader == 'neighbor'
+        if not sampled:  # the loss averages over the training nodes of the one step
+            num_train_nodes = int(train_loader[0].train_mask.sum())
+    elif env.distributed:
         sampler = torch.utils.data.DistributedSampler(
             splits['train'], num_replicas=env.world_size, rank=env.rank, shuffle=True,
             seed=tc.seed)
@@ -526,13 +842,17 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
         sampler = None
         train_loader = DataLoader(splits['train'], batch_size=tc.batch_size, shuffle=True,
                                   num_workers=tc.num_workers, generator=gen)
-    evals = {s: _Evaluator(splits[s], s, info, tc.batch_size, tc.num_workers, env)
-             for s in ('val', 'test')}
+    if not node_level:
+        evals = {s: _Evaluator(splits[s], s, info, tc.batch_size, tc.num_workers, env)
+                 for s in ('val', 'test')}
 
     # Dry forward pass: a model/dataset mismatch fails here, before any output is written.
     model.eval()
     with torch.no_grad():
-        for probe in evals['val'].loader:
+        if node_eval is not None:  # a few validation nodes (full batch: the whole graph)
+            probe_nodes = node_eval.graph.val_mask.nonzero().view(-1)[:2]
+            node_eval.predict(model, probe_nodes)
+        for probe in evals['val'].loader if evals else ():
             model(probe.to(env.device))
             break
 
@@ -599,8 +919,13 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
         atomic_write_text(out / 'config.yaml', config.to_yaml())
     metric, higher = info.metric, bool(info.higher_is_better)
     diverged = None
+    stopped_early = False
 
     for epoch in range(start_epoch, tc.epochs):
+        # early stopping: `patience` epochs since the best (also right after a resume)
+        if tc.patience is not None and epoch - (best_epoch or 0) >= tc.patience:
+            stopped_early = True
+            break
         t0 = time.perf_counter()
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -613,8 +938,12 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
         for step, batch in enumerate(bar):
             batch = batch.to(env.device)
             out_t = ddp_model(batch)
-            mask = batch.train_mask if info.level == 'node' else None
-            loss = compute_loss(info.task, out_t, batch.y, mask)
+            if node_level and sampled:  # the seeds come first
+                n = batch.batch_size
+                loss = compute_loss(info.task, out_t[:n], batch.y[:n])
+            else:
+                mask = batch.train_mask if node_level else None
+                loss = compute_loss(info.task, out_t, batch.y, mask)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             loss_ok, norm_ok, loss_value = _check_step(model, loss, tc.grad_clip)
@@ -625,7 +954,8 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
                 break
             optimizer.step()
             n = (batch.num_graphs if info.level == 'graph' else
-                 batch.num_nodes if info.level == 'node-inductive' else 1)
+                 batch.num_nodes if info.level == 'node-inductive' else
+                 batch.batch_size if sampled else num_train_nodes)
             total += loss_value * n
             count += n
             bar.set_postfix_str(f'loss {total / max(count, 1):.4f}', refresh=False)
@@ -643,9 +973,14 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
             break
         total, count = D.all_reduce_sum([total, float(count)], env.device)
         train_loss = total / max(count, 1.0)
-        val = evals['val'](model, progress)
-        test = evals['test'](model, progress)
-        if not (evals['val'].finite and evals['test'].finite):  # same on every rank (gathered)
+        if node_eval is not None:  # one pass for both masks
+            val, test = node_eval(model, progress).values()
+            finite = node_eval.finite
+        else:
+            val = evals['val'](model, progress)
+            test = evals['test'](model, progress)
+            finite = evals['val'].finite and evals['test'].finite
+        if not finite:  # same on every rank (gathered)
             diverged = {'epoch': epoch + 1, 'batch': len(train_loader),
                         'reason': 'the predictions on val/test are not finite after the epoch'}
             break
@@ -673,6 +1008,9 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
             + ('  *' if improved else ''))
         D.barrier()
 
+    if stopped_early:
+        log(f'early stopping after epoch {len(rows)}: val {metric} has not improved for '
+            f'{tc.patience} epochs (train.patience); best epoch {best_epoch}')
     best_row = rows[best_epoch - 1] if best_epoch is not None else None
     results = {
         'dataset': config.dataset.name, 'metric': metric, 'higher_is_better': higher,
@@ -688,6 +1026,8 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
     }
     if diverged:
         results['diverged'] = diverged
+    if tc.patience is not None:
+        results['stopped_early'] = stopped_early
     results = _finite_or_none({**results, 'config': cfg_dict})
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -115,15 +115,21 @@ def evaluate_run(run_dir: str | os.PathLike, split: str = 'test', checkpoint: st
     ``split='test'`` the value equals ``results.json``'s ``test`` (same weights, same graphs).
     """
     from gtpe.train import distributed as D
-    from gtpe.train.loop import _Evaluator, load_data
+    from gtpe.train.loop import _Evaluator, _node_setup, load_data
 
     if split not in ('train', 'val', 'test'):
         raise ValueError(f"evaluate_run: split must be 'train', 'val' or 'test', got {split!r}")
     model, config, info = load_run(run_dir, checkpoint, device)
     _, splits = load_data(config, progress=progress)
     env = D.DistEnv(device=torch.device(device))
-    evaluator = _Evaluator(splits[split], split, info.dataset, config.train.batch_size, 0, env)
-    value = evaluator(model, progress)
+    if info.dataset.level == 'node':  # the split's mask of the one graph, as in training
+        _, _, node_eval = _node_setup(splits[split][0], config, info.dataset, env,
+                                      torch.Generator(), lambda s: None)
+        value = node_eval(model, progress, splits=(split,))[split]
+    else:
+        evaluator = _Evaluator(splits[split], split, info.dataset, config.train.batch_size, 0,
+                               env)
+        value = evaluator(model, progress)
     return {'run': str(run_dir), 'split': split, 'metric': info.dataset.metric,
             'higher_is_better': bool(info.dataset.higher_is_better),
             'value': value if math.isfinite(value) else None, 'checkpoint': checkpoint,
