@@ -73,6 +73,22 @@ def _feature_encoder(
     raise ConfigError(f"GPSModel: unknown {what}_input {kind!r}; expected one of {allowed}")
 
 
+def check_model_arguments(owner: str, config: Any, out_dim: Any, node_input: Any) -> None:
+    """The constructor checks :class:`GPSModel` and :class:`~gtpe.models.TokenGTModel` share:
+    a :class:`GPSModelConfig`, a positive integer ``out_dim``, a known ``node_input``."""
+    if not isinstance(config, GPSModelConfig):
+        raise TypeError(
+            f"{owner}: config must be a GPSModelConfig, got "
+            f"{type(config).__name__} (use GPSModelConfig.from_dict)"
+        )
+    if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
+        raise ConfigError(f"{owner}: out_dim must be a positive integer, got {out_dim!r}")
+    if node_input not in NODE_INPUTS:
+        raise ConfigError(
+            f"{owner}: unknown node_input {node_input!r}; expected one of {NODE_INPUTS}"
+        )
+
+
 def _heads_for(dim: int) -> int:
     return next(h for h in (4, 2, 1) if (2 * dim) % h == 0)
 
@@ -185,21 +201,11 @@ class GPSModel(torch.nn.Module):
         directed: bool = False,
     ):
         super().__init__()
-        if not isinstance(config, GPSModelConfig):
-            raise TypeError(
-                f"GPSModel: config must be a GPSModelConfig, got "
-                f"{type(config).__name__} (use GPSModelConfig.from_dict)"
-            )
+        check_model_arguments("GPSModel", config, out_dim, node_input)
         if config.arch != "gps":
             raise ConfigError(
                 f"GPSModel: arch {config.arch!r} is TokenGTModel; build with "
                 f"gtpe.models.model_class(config)"
-            )
-        if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
-            raise ConfigError(f"GPSModel: out_dim must be a positive integer, got {out_dim!r}")
-        if node_input not in NODE_INPUTS:
-            raise ConfigError(
-                f"GPSModel: unknown node_input {node_input!r}; expected one of {NODE_INPUTS}"
             )
         self.config = config
         self.out_dim = out_dim

@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.nn import LayerNorm, Linear, ModuleList, ReLU, Sequential
 
 from gtpe.models.config import ConfigError, GPSModelConfig
-from gtpe.models.gps_model import NODE_INPUTS, _feature_encoder
+from gtpe.models.gps_model import _feature_encoder, check_model_arguments
 from gtpe.nn.ops import scatter_mean, scatter_sum
 from gtpe.nn.tokengt import GraphTokenizer, LapNodeIdentifier, ORFNodeIdentifier
 from gtpe.nn.transformer import TransformerLayer
@@ -81,21 +81,11 @@ class TokenGTModel(torch.nn.Module):
         directed: bool = False,
     ):
         super().__init__()
-        if not isinstance(config, GPSModelConfig):
-            raise TypeError(
-                f"TokenGTModel: config must be a GPSModelConfig, got "
-                f"{type(config).__name__} (use GPSModelConfig.from_dict)"
-            )
+        check_model_arguments("TokenGTModel", config, out_dim, node_input)
         if config.arch != "tokengt":
             raise ConfigError(
                 f"TokenGTModel: needs a config with arch='tokengt', got arch={config.arch!r} "
                 f"(use gtpe.models.model_class(config))"
-            )
-        if isinstance(out_dim, bool) or not isinstance(out_dim, int) or out_dim < 1:
-            raise ConfigError(f"TokenGTModel: out_dim must be a positive integer, got {out_dim!r}")
-        if node_input not in NODE_INPUTS:
-            raise ConfigError(
-                f"TokenGTModel: unknown node_input {node_input!r}; expected one of {NODE_INPUTS}"
             )
         self.config = config
         self.out_dim = out_dim
