@@ -74,7 +74,18 @@ def test_wrong_types_are_errors():
         "(did you mean 'cosine'?)")
     assert error_of(data={'model': {}}) == 'dataset: missing required key'
     assert error_of(data={'dataset': {}}) == 'dataset.name: missing required key'
-    assert error_of('dataset.name=zinx') == "dataset.name: unknown dataset 'zinx' (did you mean 'zinc'?)"
+    assert error_of('dataset.name=zinx').startswith(
+        "dataset.name: unknown dataset 'zinx'; did you mean 'zinc'?")
+    assert error_of('dataset.name=sbm-abc').startswith(
+        "dataset.name: unknown dataset 'sbm-abc': sbm-<N> takes a node count")
+
+
+def test_dataset_names_that_load_are_accepted():
+    # load_dataset accepts aliases and every size of the sbm-<N> family, not only the listed ones
+    from gtpe.datasets import list_datasets
+    for name in ('sbm-5000', 'sbm-12k', 'arxiv', 'ZINC'):
+        assert name not in list_datasets()
+        assert load(f'dataset.name={name}').dataset.name == name
 
 
 def test_value_checks_point_at_the_key():

@@ -304,16 +304,17 @@ def check_dataset_options(config: ExperimentConfig, info: Any = None) -> None:
 
 
 def _check_dataset_name(name: str) -> None:
+    """:class:`ConfigError` for a name :func:`gtpe.datasets.load_dataset` would not accept (it
+    accepts the listed names, their aliases and every size of the ``sbm-<N>`` family)."""
     try:
-        from gtpe.datasets import list_datasets
-        names = list(list_datasets())
+        from gtpe.datasets.errors import DatasetError
+        from gtpe.datasets.info import resolve_name
     except ImportError:  # pragma: no cover - datasets package unavailable
         return
-    if name not in names:
-        import difflib
-        match = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-        hint = f" (did you mean '{match[0]}'?)" if match else f" (known: {', '.join(names)})"
-        raise ConfigError(f"dataset.name: unknown dataset '{name}'{hint}")
+    try:
+        resolve_name(name)
+    except DatasetError as e:
+        raise ConfigError(f'dataset.name: {e}') from None
 
 
 def _deepcopy(data: Any) -> Any:
