@@ -117,6 +117,39 @@ def test_two_axes_cells_in_grid_order(tmp_path):
     assert expand_grid(write_grid(tmp_path, text))[0] == ['pe', 'model.attn']
 
 
+def test_an_axis_value_may_name_its_own_base_config(tmp_path):
+    import yaml
+    other = dict(BASE, model={'channels': 24, 'num_layers': 2, 'heads': 4, 'attn': None})
+    (tmp_path / 'other.yaml').write_text(yaml.safe_dump(other))
+    text = ('base: base.yaml\nset: {train.epochs: 2}\ngrid:\n  model:\n    gps: {}\n'
+            '    plain: {base: other.yaml, model.channels: 32}\n'
+            '  pe:\n    none: {}\n    rwse: {model.pe.rwse: {walk_length: 6, dim: 4}}\n')
+    grid = load_grid(write_grid(tmp_path, text))
+    by_name = {c.name: c.config for c in grid.cells}
+    assert by_name['model-gps_pe-none'].model.attn == 'full'
+    plain = by_name['model-plain_pe-rwse']
+    assert plain.model.attn is None and plain.model.num_layers == 2
+    assert plain.model.channels == 32 and plain.model.pe.rwse.dim == 4  # overrides still apply
+    assert plain.train.epochs == 2  # and so does the grid's set
+    assert load_config(data=other, overrides=[]).model.channels == 24
+
+
+@pytest.mark.parametrize('values, fragment', [
+    ('    a: {base: nowhere.yaml}\n', 'grid.model.a.base: no such file'),
+    ('    a: {base: 3}\n', 'grid.model.a.base: expected a path, got 3'),
+])
+def test_a_bad_base_of_an_axis_value_is_one_error(tmp_path, values, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_grid(write_grid(tmp_path, 'base: base.yaml\ngrid:\n  model:\n' + values))
+
+
+def test_two_axis_values_of_one_cell_cannot_both_name_a_base(tmp_path):
+    text = ('base: base.yaml\ngrid:\n  a:\n    x: {base: base.yaml}\n'
+            '  b:\n    y: {base: base.yaml}\n')
+    with pytest.raises(ConfigError, match='grid.a.x and grid.b.y both set base'):
+        load_grid(write_grid(tmp_path, text))
+
+
 def test_baselines_from_the_grid_file(tmp_path):
     grid = write_grid(tmp_path, GRID + 'baselines: {pe: rwse}\n')
     assert load_grid(grid).baselines == {'pe': 'rwse'}

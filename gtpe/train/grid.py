@@ -10,6 +10,9 @@ A grid file (``configs/bench/*.yaml``)::
         none: {}
         rwse: {model.pe.rwse: {walk_length: 20, dim: 16}}
       model.attn: [full, linear]     # axis over one key: a list of values
+      model:                         # a value may name its own base config (``base:``,
+        gcn: {}                      # relative to the grid file; at most one axis per cell)
+        sgformer: {base: ../cora/sgformer.yaml, train.lr: 0.01}
     seeds: [0, 1, 2]                 # each cell once per seed (default: the base's train.seed)
     budget: {params: 500000}         # per cell the widest model.channels within the budget
     baselines: {pe: none}            # axis -> label the report compares the others with
@@ -230,6 +233,28 @@ def _parse_axes(grid: Any, grid_path: Path) -> list[tuple[str, list[Point]]]:
     return axes
 
 
+def _cell_base(combo: tuple[Point, ...], axes: list[tuple[str, list[Point]]], base: Any,
+               grid_path: Path) -> tuple[Any, list[tuple[str, Any]]]:
+    """The cell's base config (the grid's, or the one an axis value names with ``base:``) and
+    the axis values' other overrides."""
+    own = [(axis, label, v) for (axis, _), (label, ov) in zip(axes, combo)
+           for k, v in ov if k == 'base']
+    if len(own) > 1:
+        (a1, l1, _), (a2, l2, _) = own[:2]
+        raise ConfigError(f'{grid_path}: grid.{a1}.{l1} and grid.{a2}.{l2} both set base; '
+                          f'at most one axis value of a cell may name a base config')
+    if own:
+        axis, label, path = own[0]
+        if not isinstance(path, str):
+            raise ConfigError(f'{grid_path}: grid.{axis}.{label}.base: expected a path, got '
+                              f'{path!r}')
+        p = Path(path) if Path(path).is_absolute() else grid_path.parent / path
+        if not p.is_file():
+            raise ConfigError(f'{grid_path}: grid.{axis}.{label}.base: no such file {p}')
+        base = read_yaml(p)
+    return base, [kv for _, ov in combo for kv in ov if kv[0] != 'base']
+
+
 def _make_cells(axes: list[tuple[str, list[Point]]], base: Any, common: list, cli: list,
                 grid_path: Path) -> list[BenchCell]:
     """One validated cell per combination of the axes' labels (first axis slowest)."""
@@ -237,9 +262,10 @@ def _make_cells(axes: list[tuple[str, list[Point]]], base: Any, common: list, cl
     names: dict[str, dict] = {}
     for combo in itertools.product(*[points for _, points in axes]):
         labels = {axis: label for (axis, _), (label, _) in zip(axes, combo)}
-        sets = list(common) + [kv for _, ov in combo for kv in ov] + cli
+        cell_base, own = _cell_base(combo, axes, base, grid_path)
+        sets = list(common) + own + cli
         try:
-            config = load_config(data=base, overrides=sets)
+            config = load_config(data=cell_base, overrides=sets)
         except ConfigError as exc:
             where = ', '.join(f'{a}={v}' for a, v in labels.items()) or 'base'
             raise ConfigError(f'{grid_path} [{where}]: {exc}') from None
