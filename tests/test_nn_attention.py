@@ -410,6 +410,20 @@ def test_linear_matches_dense_kernel_reference(device, sizes):
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("sizes", [[5, 5, 5], [3, 0, 4], [0, 6]])  # equal sizes: no padding
+def test_linear_equal_sizes_and_empty_graphs_match_reference(sizes):
+    la = LinearAttention(C, heads=H, num_features=16, seed=4).double()
+    with torch.no_grad():
+        la.in_proj_bias.normal_()
+    x, _ = _batch([n for n in sizes if n], "cpu")
+    batch = torch.arange(len(sizes)).repeat_interleave(torch.tensor(sizes))
+    out = la(x * 3, batch)
+    ref = _dense_performer_reference(la, x * 3, batch.unique(return_inverse=True)[1])
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    out.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in la.parameters())
+
+
 def test_linear_approximates_softmax_attention():
     la = LinearAttention(C, heads=H, num_features=4096, seed=0).double().eval()
     fa = FullAttention(C, heads=H).double()

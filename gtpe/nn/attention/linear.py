@@ -33,6 +33,44 @@ from torch.nn import Linear, Parameter
 from gtpe.nn.ops import check_batch_shape, check_heads, scatter_max, scatter_sum
 
 
+
+class _PaddedLayout:
+    """Rows of a sorted batch of ``B`` graphs in ``[B * L, .]`` with ``L`` the largest graph:
+    ``pad`` scatters ``[N, .]`` there (zeros elsewhere; a view when the graphs have equal
+    sizes), ``unpad`` gathers back, ``padding [B * L]`` marks the filler rows (``None``: none)."""
+
+    def __init__(self, B: int, L: int, idx: Tensor | None, padding: Tensor | None) -> None:
+        self.B, self.L, self.idx, self.padding = B, L, idx, padding
+
+    @staticmethod
+    def of(batch: Tensor | None, N: int, B: int) -> _PaddedLayout | None:
+        """The layout of ``batch`` (``None``: one graph), or ``None`` when the batch is unsorted
+        or padding would more than quadruple the rows."""
+        if batch is None:
+            return _PaddedLayout(1, N, None, None)
+        if N > 1 and bool((batch[1:] < batch[:-1]).any()):
+            return None
+        counts = torch.bincount(batch, minlength=B)
+        L = int(counts.max())
+        if B * L == N:  # equal sizes: no filler rows
+            return _PaddedLayout(B, L, None, None)
+        if B * L > 4 * N:
+            return None
+        start = counts.cumsum(0) - counts
+        off = torch.arange(B, device=batch.device) * L - start
+        idx = torch.arange(N, device=batch.device) + off.index_select(0, batch)
+        padding = torch.ones(B * L, dtype=torch.bool, device=batch.device).index_fill(0, idx, False)
+        return _PaddedLayout(B, L, idx, padding)
+
+    def pad(self, t: Tensor) -> Tensor:
+        if self.idx is None:
+            return t
+        return t.new_zeros(self.B * self.L, *t.shape[1:]).index_copy(0, self.idx, t)
+
+    def unpad(self, t: Tensor) -> Tensor:
+        return t if self.idx is None else t.index_select(0, self.idx)
+
+
 def orthogonal_random_features(
     num_features: int,
     dim: int,
@@ -166,53 +204,57 @@ class LinearAttention(torch.nn.Module):
         if N == 0:  # empty batch: [0, C], as the other attention modules
             return self.out_proj(x)
         H, d = self.heads, self.head_dim
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(N, 3, H, d)
-        scale = d**-0.25
-        q, k, v = qkv[:, 0] * scale, qkv[:, 1] * scale, qkv[:, 2]
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [N, 3C]
         num_graphs = 1
         if batch is not None and N > 0:
             num_graphs = int(batch.max()) + 1
         if num_graphs == 1:
-            batch = None  # one graph: plain sums, no [N, H, m, d+1] tensors
-        phi_q = self.feature_map(q, True)  # [N, H, m]
-        phi_k = self.feature_map(k, False, batch, num_graphs)  # [N, H, m]
-        v1 = torch.cat([v, v.new_ones(N, H, 1)], dim=-1)  # [N, H, d+1]: last column -> normaliser
-        if batch is None:
-            ctx = torch.einsum("nhm,nhe->hme", phi_k, v1)  # [H, m, d+1]
-            o = torch.einsum("nhm,hme->nhe", phi_q, ctx)
+            batch = None
+        layout = _PaddedLayout.of(batch, N, num_graphs)
+        if layout is None:  # very uneven sizes or unsorted batch
+            out = self._segments(qkv.view(N, 3, H, d), batch, num_graphs)
         else:
-            o = self._per_graph(phi_q, phi_k, v1, batch, num_graphs)
-        out = o[..., :d] / o[..., d:].clamp_min(torch.finfo(o.dtype).tiny)
-        out = out.reshape(N, H * d)
+            out = self._padded(qkv, layout)
         if self.dropout > 0 and self.training:
             out = F.dropout(out, p=self.dropout, training=True)
         return self.out_proj(out)
 
-    @staticmethod
-    def _per_graph(phi_q: Tensor, phi_k: Tensor, v1: Tensor, batch: Tensor, B: int) -> Tensor:
-        # o_i = phi(q_i)^T sum_{j in G(i)} phi(k_j) v1_j^T  ->  [N, H, d+1]
-        N, H = phi_q.shape[:2]
-        e = v1.size(-1)
-        counts = torch.bincount(batch, minlength=B)
-        L = int(counts.max())
-        is_sorted = N < 2 or not bool((batch[1:] < batch[:-1]).any())
-        if is_sorted and B * L <= 4 * N:
-            # graphs padded to L rows (padded keys have phi = 0): two batched matmuls
-            start = counts.cumsum(0) - counts
-            off = torch.arange(B, device=batch.device) * L - start
-            idx = torch.arange(N, device=batch.device) + off.index_select(0, batch)
+    def _padded(self, qkv: Tensor, layout: _PaddedLayout) -> Tensor:
+        r"""The graphs padded to ``L`` rows ``[B, H, L, .]`` (a view when they have equal sizes):
+        the feature maps and two batched matmuls per head, then back to ``[N, C]``.  The
+        constant :math:`1/\sqrt m` of :math:`\phi` cancels in the ratio and is left out."""
+        H, d, B, L = self.heads, self.head_dim, layout.B, layout.L
+        p = layout.pad(qkv).view(B, L, 3, H, d)
+        scale = d**-0.25
+        q = p[:, :, 0].transpose(1, 2) * scale  # [B, H, L, d]
+        k = p[:, :, 1].transpose(1, 2) * scale
+        v = p[:, :, 2].transpose(1, 2)
+        w_t = self.projection_matrix.to(qkv.dtype).t()  # [d, m]
+        proj_q = q @ w_t - 0.5 * (q * q).sum(-1, keepdim=True)  # [B, H, L, m]
+        proj_k = k @ w_t - 0.5 * (k * k).sum(-1, keepdim=True)
+        if layout.padding is not None:  # padded keys: phi = 0
+            proj_k = proj_k.masked_fill(layout.padding.view(B, 1, L, 1), float("-inf"))
+        phi_q = torch.exp(proj_q - proj_q.detach().amax(-1, keepdim=True))
+        shift = proj_k.detach().amax(dim=(-2, -1), keepdim=True)  # per graph and head
+        shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))  # empty graph
+        phi_k = torch.exp(proj_k - shift)
+        ctx = torch.cat([phi_k.transpose(-1, -2) @ v, phi_k.sum(-2).unsqueeze(-1)], -1)
+        o = phi_q @ ctx  # [B, H, L, d + 1]: the last column is the normaliser
+        out = o[..., :d] / o[..., d:].clamp_min(torch.finfo(o.dtype).tiny)
+        return layout.unpad(out.transpose(1, 2).reshape(B * L, H * d))
 
-            def pad(t: Tensor) -> Tensor:  # [N, H, f] -> [B, H, L, f]
-                z = t.new_zeros(B * L, H, t.size(-1)).index_copy(0, idx, t)
-                return z.view(B, L, H, -1).transpose(1, 2)
-
-            ctx = pad(phi_k).transpose(-1, -2) @ pad(v1)  # [B, H, m, d+1]
-            o = pad(phi_q) @ ctx  # [B, H, L, d+1]
-            return o.transpose(1, 2).reshape(B * L, H, e).index_select(0, idx)
-        # very uneven sizes or unsorted batch: per-node outer products and segment sums
+    def _segments(self, qkv: Tensor, batch: Tensor, B: int) -> Tensor:
+        """Per-node outer products and segment sums (any sizes and order of the nodes)."""
+        N, H, d = qkv.size(0), self.heads, self.head_dim
+        scale = d**-0.25
+        phi_q = self.feature_map(qkv[:, 0] * scale, True)  # [N, H, m]
+        phi_k = self.feature_map(qkv[:, 1] * scale, False, batch, B)  # [N, H, m]
+        v1 = torch.cat([qkv[:, 2], qkv.new_ones(N, H, 1)], dim=-1)  # [N, H, d+1]
         kv = phi_k.unsqueeze(-1) * v1.unsqueeze(-2)  # [N, H, m, d+1]
         ctx = scatter_sum(kv, batch, B).index_select(0, batch)  # [N, H, m, d+1]
-        return torch.einsum("nhm,nhme->nhe", phi_q, ctx)
+        o = torch.einsum("nhm,nhme->nhe", phi_q, ctx)
+        out = o[..., :d] / o[..., d:].clamp_min(torch.finfo(o.dtype).tiny)
+        return out.reshape(N, H * d)
 
     def __repr__(self) -> str:
         return (
