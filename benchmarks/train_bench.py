@@ -14,6 +14,9 @@ mean pooling -- a graph token for Graphormer and TokenGT -- and MLP head for eve
   rows) -- the same model with ``FullAttention(strategy='fused')`` (pure torch: what runs where
   no C compiler is found) or ``strategy='sdpa'`` (size-bucketed
   ``scaled_dot_product_attention``);
+* ``pyg GPSConv(GINEConv,performer16)`` -- ``GPSConv(attn_type='performer')`` with
+  ``head_channels=16`` (as wide as gtpe's heads; benchmarks/linear_attention_bench.py has the
+  default 64-wide heads, a 500-node workload and the approximation errors);
 * ``gtpe gine+linear`` / ``gine+exphormer`` / ``grit`` (``local=None, attn='grit'``);
 * ``gtpe graphormer`` -- ``GPSModel(local=None, attn='graphormer', pool='token', norm='layer')``
   with ``pe.spd.max_dist = 8`` (Graphormer: spatial bias, centrality encoding, graph token);
@@ -30,10 +33,17 @@ forward output equals theirs on one batch (eval mode, ``assert_close`` 1e-4), an
 ``vs padded`` column is padded median / gtpe median (wall); a summary line per pair prints the
 wall and CPU ratios against the 1.5x target.
 
+``--busy`` times every row twice and prints two tables: quiet, then with one competing
+CPU-bound process (a Python busy loop the script starts and stops) -- the load of a data-loader
+worker or a neighbour on a shared machine, under which OpenMP threads that spin between
+parallel regions lose their core (``gtpe`` itself sets ``OMP_WAIT_POLICY=PASSIVE``; the header
+line says what this run had).
+
 Each step is forward + backward + Adam step on a pre-collated mini-batch (collation and PE
 precomputation are excluded). The models are timed interleaved, in ``--rounds`` rounds of
 ``--steps`` steps each (after warm-up), so that load from other processes hits all rows alike;
-graphs/s = batch size / median step time.  The ``vs PyG`` columns are relative to the PyG row.
+graphs/s = batch size / median step time.  The ``vs PyG`` columns are relative to the PyG
+multihead row (the linear row: to the PyG performer row).
 
 Scale row: one ``GPSLayer(local='gine', attn='exphormer')`` (64 channels) on a single random
 graph with 100,000 nodes and 1,000,000 directed edges (+ a degree-3 expander overlay),
@@ -70,7 +80,7 @@ from torch_geometric.data import Batch, Data
 
 BATCH = 32
 DEFAULT_ROWS = (
-    "pyg", "full", "linear", "exphormer", "grit",
+    "pyg", "full", "pyg-performer", "linear", "exphormer", "grit",
     "graphormer", "graphormer-padded", "tokengt", "tokengt-padded",
 )
 # rows whose model comes from transformer_model(), and their padded twins (key -> gtpe key)
@@ -352,6 +362,63 @@ def _scale_child(q, num_nodes, num_edges, device, threads):
         q.put({"error": f"{type(exc).__name__}: {exc}"})
 
 
+class CompetingProcess:
+    """One CPU-bound process (a Python busy loop) running until :meth:`stop`: the load a data
+    loader worker, a second run or a neighbour on a shared machine puts on one core."""
+
+    def __init__(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(0.5)  # let it reach its loop before anything is timed
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def print_table(rows: dict[str, dict], keys: dict[str, str]) -> None:
+    """The table of timed ``rows`` (``vs PyG``, ``vs padded``) and the padded-pair summary."""
+    pad_of: dict[str, str] = {}  # row name -> its padded twin's row name
+    for pkey, key in PADDED.items():
+        if pkey in keys and key in keys:
+            pad_of[keys[key]] = pad_of[keys[pkey]] = keys[pkey]
+    print(
+        f"{'model':36s} {'params':>7s} {'wall ms':>8s} {'graphs/s':>9s} {'vs PyG':>7s} "
+        f"{'cpu ms':>7s} {'vs PyG':>7s} {'vs padded':>9s}"
+    )
+    for key, name in keys.items():
+        r = rows[name]
+        med = statistics.median(r["times"])
+        cpu = statistics.median(r["cpu"])
+        gps = BATCH / med
+        # the PyG peer: the performer row for the linear row, else the multihead row
+        peer = keys.get("pyg-performer" if key == "linear" else "pyg")
+        if key == "linear" and peer is None:
+            peer = keys.get("pyg")
+        ratio = ratio_cpu = "      -"
+        if peer is not None:
+            ref_med = statistics.median(rows[peer]["times"])
+            ref_cpu = statistics.median(rows[peer]["cpu"])
+            ratio, ratio_cpu = f"{ref_med / med:6.2f}x", f"{ref_cpu / cpu:6.2f}x"
+        pad = "      -"
+        if name in pad_of:
+            pad = f"{statistics.median(rows[pad_of[name]]['times']) / med:6.2f}x"
+        print(
+            f"{name:36s} {r['params']:7d} {med * 1e3:8.2f} {gps:9.1f} {ratio:>7s} "
+            f"{cpu * 1e3:7.2f} {ratio_cpu:>7s} {pad:>9s}"
+        )
+    for pkey, key in PADDED.items():
+        if pkey in keys and key in keys:
+            g, p = rows[keys[key]], rows[keys[pkey]]
+            wall = statistics.median(p["times"]) / statistics.median(g["times"])
+            cpu = statistics.median(p["cpu"]) / statistics.median(g["cpu"])
+            print(
+                f"# {key}: padded SDPA / gtpe = {wall:.2f}x wall, {cpu:.2f}x cpu "
+                f"(target >= 1.5x: {'met' if min(wall, cpu) >= 1.5 else 'NOT met'})"
+            )
+
+
 # ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -362,7 +429,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--rows",
         default=",".join(DEFAULT_ROWS),
-        help="comma list of rows (pyg, full, full-fused, full-sdpa, linear, exphormer, grit, "
+        help="comma list of rows (pyg, full, full-fused, full-sdpa, pyg-performer, linear, "
+        "exphormer, grit, "
         "graphormer, graphormer-padded, tokengt, tokengt-padded)",
     )
     ap.add_argument("--no-scale", action="store_true", help="skip the 100k-node Exphormer row")
@@ -370,6 +438,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale-edges", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument(
+        "--busy",
+        action="store_true",
+        help="time the rows twice: quiet, then with one competing CPU-bound process",
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -384,6 +457,7 @@ def main(argv: list[str] | None = None) -> None:
     wanted = [r.strip() for r in args.rows.split(",") if r.strip()]
     spec = {
         "pyg": ("pyg GPSConv(GINEConv,multihead)", None, None),
+        "pyg-performer": ("pyg GPSConv(GINEConv,performer16)", None, None),
         "full": ("gtpe GPSLayer gine+full", "gine", "full"),
         "full-fused": ("gtpe GPSLayer gine+full (fused)", "gine", "full"),
         "full-sdpa": ("gtpe GPSLayer gine+full (sdpa)", "gine", "full"),
@@ -420,6 +494,11 @@ def main(argv: list[str] | None = None) -> None:
             elif key == "pyg":
                 model = PyGGPS(node_vocab, edge_vocab)
                 batches = base_batches
+            elif key == "pyg-performer":  # the peer of the linear row, heads as wide as gtpe's
+                from linear_attention_bench import PyGPerformerGPS
+
+                model = PyGPerformerGPS(CHANNELS // HEADS)
+                batches = base_batches
             else:
                 model, cfg = gtpe_model(local, attn, node_vocab, edge_vocab)
                 if key in ("full-fused", "full-sdpa"):  # another FullAttention path
@@ -435,11 +514,10 @@ def main(argv: list[str] | None = None) -> None:
         except Exception as exc:  # noqa: BLE001 - a broken row must not stop the others
             print(f"# row {name!r} skipped: {type(exc).__name__}: {exc}")
 
-    time_rows(rows, steps, rounds, args.warmup)
-
     print(
         f"# data: {src}; {len(graphs)} graphs; batch {BATCH}, {LAYERS} layers, {CHANNELS} "
-        f"channels, {HEADS} heads; device {device}; torch threads {torch.get_num_threads()}"
+        f"channels, {HEADS} heads; device {device}; torch threads {torch.get_num_threads()}; "
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}"
     )
     print(
         f"# {rounds} interleaved rounds x {steps} steps per row after {args.warmup} warm-up "
@@ -453,39 +531,19 @@ def main(argv: list[str] | None = None) -> None:
         "# vs padded = median wall ms of the padded-SDPA twin / this row's (gtpe rows with a "
         "padded twin; the padded row itself: 1.00x)"
     )
-    pad_of: dict[str, str] = {}  # row name -> its padded twin's row name
-    for pkey, key in PADDED.items():
-        if pkey in keys and key in keys:
-            pad_of[keys[key]] = pad_of[keys[pkey]] = keys[pkey]
-    ref = ref_cpu = None
-    print(
-        f"{'model':36s} {'params':>7s} {'wall ms':>8s} {'graphs/s':>9s} {'vs PyG':>7s} "
-        f"{'cpu ms':>7s} {'vs PyG':>7s} {'vs padded':>9s}"
-    )
-    for name, r in rows.items():
-        med = statistics.median(r["times"])
-        cpu = statistics.median(r["cpu"])
-        gps = BATCH / med
-        if name.startswith("pyg"):
-            ref, ref_cpu = gps, cpu
-        ratio = f"{gps / ref:6.2f}x" if ref else "      -"
-        ratio_cpu = f"{ref_cpu / cpu:6.2f}x" if ref_cpu else "      -"
-        pad = "      -"
-        if name in pad_of:
-            pad = f"{statistics.median(rows[pad_of[name]]['times']) / med:6.2f}x"
-        print(
-            f"{name:36s} {r['params']:7d} {med * 1e3:8.2f} {gps:9.1f} {ratio:>7s} "
-            f"{cpu * 1e3:7.2f} {ratio_cpu:>7s} {pad:>9s}"
-        )
-    for pkey, key in PADDED.items():
-        if pkey in keys and key in keys:
-            g, p = rows[keys[key]], rows[keys[pkey]]
-            wall = statistics.median(p["times"]) / statistics.median(g["times"])
-            cpu = statistics.median(p["cpu"]) / statistics.median(g["cpu"])
-            print(
-                f"# {key}: padded SDPA / gtpe = {wall:.2f}x wall, {cpu:.2f}x cpu "
-                f"(target >= 1.5x: {'met' if min(wall, cpu) >= 1.5 else 'NOT met'})"
-            )
+    conditions = ["quiet"] + (["busy"] if args.busy else [])
+    for condition in conditions:
+        competitor = CompetingProcess() if condition == "busy" else None
+        try:
+            time_rows(rows, steps, rounds, args.warmup)
+        finally:
+            if competitor is not None:
+                competitor.stop()
+        if args.busy:
+            what = ("no other process started" if condition == "quiet" else
+                    "one competing CPU-bound process (a Python busy loop) running throughout")
+            print(f"\n## {condition}: {what}")
+        print_table(rows, keys)
 
     if not args.no_scale:
         n = args.scale_nodes or (10_000 if args.quick else 100_000)
