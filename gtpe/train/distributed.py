@@ -11,8 +11,30 @@ loop initialises the process group (NCCL on CUDA, Gloo on CPU), wraps the model 
 :class:`~torch.utils.data.DistributedSampler` (``train.batch_size`` is the per-process batch size,
 so the effective batch is ``batch_size * WORLD_SIZE``). Validation/test sets are sharded
 round-robin and the predictions gathered, so metrics are computed on every graph exactly once.
+
+Node-level datasets (one graph; every rank holds all of it) split the training (seed) nodes:
+
+- ``train.loader: full``: every rank runs the forward pass over the whole graph, with one random
+  stream shared by the ranks (the same dropout masks as a single process), and takes the loss
+  over its share of the training nodes, ``train_ids[rank::WORLD_SIZE]`` of the sorted ids, as
+  ``W / T`` times its sum of per-node losses (``T`` terms in all), so DDP's average of the
+  gradients is the gradient of the single-process mean. The run equals the single-process run
+  up to float summation order. It is no faster: each rank still runs the forward and backward
+  passes over the whole graph.
+- ``train.loader: neighbor``: each epoch's permutation of the seeds is the same on every rank
+  and is cut into steps of ``batch_size * WORLD_SIZE`` seeds; rank ``r`` samples the
+  neighbourhoods of seeds ``r, r + W, ...`` of each step, and its loss is weighted as above (so
+  uneven shares in the last step count right; a rank left without a seed runs a padding batch of
+  weight 0). Each rank draws its own neighbour samples and dropout masks. With every fan-out
+  ``-1``, no dropout and a model whose output at a seed does not depend on the other nodes of
+  its subgraph (message passing over in-edges without a subgraph-degree normalisation such as
+  GCN's; no batch statistics; no global attention) this equals one process with
+  ``batch_size * WORLD_SIZE`` up to float summation order; otherwise it is that run's
+  statistical equivalent (other samples), not its copy.
+- Evaluation runs on rank 0 (every validation/test node once) and the metrics are broadcast.
 Only rank 0 prints and writes files (results, metrics, checkpoints); checkpoints hold every rank's
-RNG state, so ``--resume`` with the same world size continues exactly. A run that diverges (see
+RNG state, so ``--resume`` with the same world size continues exactly. :func:`gtpe.train.train`
+destroys the process group after the run only when it created it. A run that diverges (see
 :mod:`gtpe.train.loop`) stops on every rank at the same step, after rank 0 has written
 ``results.json``; ``torchrun`` then exits with status 1 (its report shows the workers' status 3).
 """
@@ -34,6 +56,7 @@ __all__ = [
     'broadcast_object',
     'cleanup',
     'init_distributed',
+    'is_initialized',
 ]
 
 
@@ -64,7 +87,8 @@ def _pick_device(preference: str, local_rank: int) -> torch.device:
 
 
 def init_distributed(device: str = 'auto') -> DistEnv:
-    """Read torchrun's environment; initialise the process group if ``WORLD_SIZE > 1``."""
+    """Read torchrun's environment; initialise the process group if ``WORLD_SIZE > 1`` and
+    there is none yet (one the caller initialised, with the same ranks, is used as it is)."""
     world_size = int(os.environ.get('WORLD_SIZE', '1'))
     rank = int(os.environ.get('RANK', '0'))
     local_rank = int(os.environ.get('LOCAL_RANK', '0'))
@@ -73,6 +97,11 @@ def init_distributed(device: str = 'auto') -> DistEnv:
         backend = 'nccl' if dev.type == 'cuda' else 'gloo'
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def is_initialized() -> bool:
+    """Whether this process already belongs to a process group (``init_process_group`` ran)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def cleanup() -> None:

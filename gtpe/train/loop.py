@@ -64,8 +64,10 @@ Losses (by the dataset's task): regression -> L1 (ZINC MAE); binary/multilabel -
 ``BCEWithLogits`` with NaN labels masked out; multiclass -> cross entropy (on the split's node mask
 for node-level datasets, over every node of the batch's graphs for node-inductive ones). The
 epoch's ``train_loss`` averages the batch losses weighted by graphs (graph level), nodes
-(node-inductive) or one per batch (node level: one graph). Evaluation scores every graph of a
-split (graph level), every node of its graphs (node-inductive) or the split's mask (node level).
+(node-inductive) or the step's training (seed) nodes (node level: one graph; under
+``torchrun`` each rank's loss is over its share of them, see :mod:`gtpe.train.distributed`).
+Evaluation scores every graph of a split (graph level), every node of its graphs
+(node-inductive) or the split's mask (node level).
 """
 from __future__ import annotations
 
@@ -551,12 +553,87 @@ class _PairSubgraph:
         return data
 
 
+class _SeedBatches(torch.utils.data.Sampler):
+    """Batch sampler of one of ``world_size`` processes over the ``num_seeds`` training (seed)
+    nodes of a node-level dataset: the positions ``0..num_seeds-1`` (into the sorted training node
+    ids) that this rank trains on in each step of an epoch.
+
+    Each epoch draws one permutation ``torch.randperm(num_seeds, generator=generator)`` (the
+    training loop re-seeds ``generator`` per epoch with the same seed on every rank, so every
+    rank draws the same one) and cuts it into steps of ``batch_size * world_size`` seeds (the
+    last step may hold fewer); rank ``r`` takes the seeds ``r, r + W, r + 2W, ...`` of each step.
+    So the union of the ranks' batches in a step is the batch a single process with batch size
+    ``batch_size * world_size`` takes in that step (with one process, the batches of a shuffled
+    ``batch_size`` loader). A rank whose share of the last step is empty (fewer than ``W`` seeds
+    left) gets the step's first seed as padding, so that every rank runs every step (DDP's
+    all-reduce); :attr:`steps` tells the loop to give it weight 0.
+
+    :attr:`steps` (filled when an epoch's iteration starts): per step ``(own, step_seeds)``, the
+    number of this rank's real seeds (0 for padding) and the positions of all the step's seeds.
+    """
+
+    def __init__(self, num_seeds: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        self.num_seeds, self.batch_size = num_seeds, batch_size
+        self.rank, self.world_size, self.generator = rank, world_size, generator
+        self.steps: list[tuple[int, Tensor]] = []
+
+    def __len__(self) -> int:
+        return -(-self.num_seeds // (self.batch_size * self.world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing: the permutation comes from ``generator``, which the loop seeds per epoch."""
+
+    def __iter__(self):
+        # drawn lazily, on the first batch: a DataLoader given the same generator first draws
+        # its base seed from it, exactly as it does before RandomSampler's permutation
+        perm = torch.randperm(self.num_seeds, generator=self.generator)
+        step = self.batch_size * self.world_size
+        self.steps = []
+        batches = []
+        for start in range(0, self.num_seeds, step):
+            chunk = perm[start:start + step]
+            own = chunk[self.rank::self.world_size]
+            self.steps.append((own.numel(), chunk))
+            batches.append((own if own.numel() else chunk[:1]).tolist())
+        yield from batches
+
+
+def _num_loss_terms(task: str, y: Tensor) -> int:
+    """How many terms :func:`compute_loss` averages over for the labels ``y`` (already masked):
+    rows (multiclass), label entries (regression), non-NaN entries (binary / multilabel)."""
+    if task == 'multiclass':
+        return int(y.shape[0])
+    if task in ('binary', 'multilabel'):
+        return int((~torch.isnan(y.to(torch.float64))).sum())
+    return int(y.numel())
+
+
+def _share_loss(task: str, out: Tensor, y: Tensor, mask: Tensor | None, step_terms: int,
+                world_size: int) -> Tensor:
+    r""":func:`compute_loss` of this rank's share of a step's training nodes (``out``/``y``,
+    restricted by ``mask``), scaled so that DDP's average of the ranks' gradients is the gradient
+    of the single-process loss, the mean over all ``step_terms`` terms of the step:
+    :math:`\ell_r = \frac{W}{T}\sum_{i \in r} l_i = \frac{W\,T_r}{T}\,\mathrm{mean}_{i \in r}
+    l_i`, so :math:`\frac1W \sum_r \ell_r = \frac1T \sum_i l_i`. A share without terms
+    (padding) gives a zero loss that still depends on the model (every rank runs backward)."""
+    if world_size == 1:
+        return compute_loss(task, out, y, mask)
+    own = _num_loss_terms(task, y[mask] if mask is not None else y)
+    if own == 0:
+        return out.sum() * 0.0
+    return compute_loss(task, out, y, mask) * (own * world_size / step_terms)
+
+
 def _neighbor_loader(graph: Any, nodes: Tensor, fanouts: list[int], batch_size: int, *,
                      shuffle: bool, generator: torch.Generator | None = None,
-                     num_workers: int = 0, sampler: Any = None) -> Any:
+                     num_workers: int = 0, batch_sampler: _SeedBatches | None = None) -> Any:
     """PyG ``NodeLoader`` over ``nodes`` (ids of ``graph``) with :class:`UniformNeighborSampler`
     and the pair attributes handled by :class:`_PairSubgraph`. Each batch is a ``Data`` whose
-    first ``batch_size`` nodes are the seeds (``n_id``: ids in ``graph``)."""
+    first ``batch_size`` nodes are the seeds (``n_id``: ids in ``graph``); with
+    ``batch_sampler`` (a :class:`_SeedBatches`), its batches of positions into ``nodes``
+    instead (``batch_size`` and ``shuffle`` unused)."""
     from torch_geometric.loader import NodeLoader
 
     bad = [k for k in _UNSAMPLEABLE_ATTRS if k in graph]
@@ -571,11 +648,11 @@ def _neighbor_loader(graph: Any, nodes: Tensor, fanouts: list[int], batch_size: 
             for k in (key, *value_keys):
                 del graph[k]
     node_sampler = UniformNeighborSampler(graph.edge_index, graph.num_nodes, fanouts)
-    kwargs: dict[str, Any] = dict(batch_size=batch_size, num_workers=num_workers)
-    if sampler is not None:
-        kwargs['sampler'] = sampler
+    kwargs: dict[str, Any] = dict(num_workers=num_workers, generator=generator)
+    if batch_sampler is not None:
+        kwargs['batch_sampler'] = batch_sampler
     else:
-        kwargs.update(shuffle=shuffle, generator=generator)
+        kwargs.update(batch_size=batch_size, shuffle=shuffle)
     return NodeLoader(graph, node_sampler=node_sampler, input_nodes=nodes,
                       transform=_PairSubgraph(pairs, graph.num_nodes), **kwargs)
 
@@ -688,11 +765,14 @@ class _NodeEvaluator:
 
 def _node_setup(graph: Any, config: Any, info: Any, env: D.DistEnv, gen: torch.Generator,
                 log: Callable[[str], None]) -> tuple[Any, Any, _NodeEvaluator]:
-    """``(train loader, distributed sampler or None, evaluator)`` of a node-level dataset.
+    """``(train loader, sampler or None, evaluator)`` of a node-level dataset.
 
-    ``train.loader: full`` (default): the loader is the one graph (on the device) per epoch.
-    ``neighbor``: a :func:`_neighbor_loader` over the training nodes (shuffled per epoch with
-    ``gen``; under ``torchrun`` a ``DistributedSampler`` splits them over the processes).
+    ``train.loader: full`` (default): the loader is the one graph (on the device) per epoch
+    (under ``torchrun`` every rank holds the whole graph; the training loop computes the loss
+    on its share of the training nodes).
+    ``neighbor``: a :func:`_neighbor_loader` over the training nodes with a
+    :class:`_SeedBatches` batch sampler (returned as the sampler): shuffled per epoch with
+    ``gen``; under ``torchrun`` each step's seeds are split over the processes.
     Evaluation is full-batch unless the loader is ``neighbor`` and :func:`_full_batch_bytes`
     exceeds half the free memory of the device, then neighbour-sampled with the same fan-outs.
     """
@@ -701,13 +781,9 @@ def _node_setup(graph: Any, config: Any, info: Any, env: D.DistEnv, gen: torch.G
         evaluator = _NodeEvaluator(graph, info, env, 'full', seed=tc.seed, log=log)
         return [copy.copy(graph).to(env.device)], None, evaluator
     train_nodes = graph.train_mask.nonzero().view(-1)
-    sampler = None
-    if env.distributed:
-        sampler = torch.utils.data.DistributedSampler(
-            range(train_nodes.numel()), num_replicas=env.world_size, rank=env.rank,
-            shuffle=True, seed=tc.seed)
+    sampler = _SeedBatches(train_nodes.numel(), tc.batch_size, env.rank, env.world_size, gen)
     loader = _neighbor_loader(graph, train_nodes, tc.fanouts, tc.batch_size, shuffle=True,
-                              generator=gen, num_workers=tc.num_workers, sampler=sampler)
+                              generator=gen, num_workers=tc.num_workers, batch_sampler=sampler)
     need, free = _full_batch_bytes(graph, config.model), _free_memory_bytes(env.device)
     mode = 'full' if need <= free // 2 else 'neighbor'
     if mode == 'neighbor':
@@ -798,12 +874,14 @@ def train(config: ExperimentConfig | str | os.PathLike, out_dir: str | os.PathLi
     out = Path(out_dir)
     _check_out_dir(out, resume, overwrite)
     tc = config.train
+    own_group = not D.is_initialized()  # a process group the caller made is left to it
     env = D.init_distributed(tc.device)
     try:
         return _train(config, out, env, resume, overwrite, progress and env.is_main,
                       log or (print if env.is_main else (lambda s: None)))
     finally:
-        D.cleanup()
+        if own_group:
+            D.cleanup()
 
 
 def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, progress: bool,
@@ -825,13 +903,19 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
     node_level = info.level == 'node'
     evals: dict[str, Any] = {}
     node_eval: _NodeEvaluator | None = None
-    sampled, num_train_nodes = False, 1  # node level: neighbour loader / nodes in the loss
+    sampled = False  # node level: neighbour loader
     if node_level:
-        train_loader, sampler, node_eval = _node_setup(splits['train'][0], config, info, env,
-                                                       gen, log)
+        graph = splits['train'][0]
+        train_loader, sampler, node_eval = _node_setup(graph, config, info, env, gen, log)
         sampled = tc.loader == 'neighbor'
-        if not sampled:  # the loss averages over the training nodes of the one step
-            num_train_nodes = int(train_loader[0].train_mask.sum())
+        train_nodes = graph.train_mask.nonzero().view(-1)  # ascending ids
+        seed_y = graph.y[train_nodes]  # labels by position (sampled: the steps' seeds)
+        # full batch: one step over every training node; under torchrun each rank's loss is
+        # over its share, the ids train_nodes[rank::world_size] (see _share_loss)
+        full_terms = _num_loss_terms(info.task, seed_y)
+        own_mask = torch.zeros(graph.num_nodes, dtype=torch.bool)
+        own_mask[train_nodes[env.rank::env.world_size]] = True
+        own_mask = own_mask.to(env.device)
     elif env.distributed:
         sampler = torch.utils.data.DistributedSampler(
             splits['train'], num_replicas=env.world_size, rank=env.rank, shuffle=True,
@@ -866,12 +950,23 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
             model, device_ids=[env.device.index] if env.device.type == 'cuda' else None,
             find_unused_parameters=True)
 
-    seed_everything(tc.seed + env.rank)
+    # Under torchrun each rank draws its own random numbers (dropout, neighbour samples), except
+    # for full-batch node-level training: every rank runs the same forward pass over the whole
+    # graph, so they share one stream (the same dropout masks as a single process).
+    shared_rng = node_level and not sampled
+    rank_offset = 0 if shared_rng else env.rank
+    seed_everything(tc.seed + rank_offset)
     start_epoch, best_epoch, best_val, rows = 0, None, None, []
     ckpt_dir = out / 'checkpoints'
     cfg_dict = config.to_dict()
     last = ckpt_dir / 'last.pt'
-    if resume and last.exists():
+    found = last.exists() if resume else False
+    if env.distributed and resume and len(set(D.all_gather_objects(found))) > 1:
+        # each machine reads its own --out: resuming needs one that every process sees
+        raise ConfigError(f'--resume: {last} exists for some processes but not for others (on '
+                          f'several machines --out must be a folder that every machine sees, '
+                          f'e.g. on a shared filesystem, to resume)')
+    if found:
         best_pt = ckpt_dir / 'best.pt'
         advice = '; start again with --overwrite' + (
             f', or copy {best_pt} over it to resume from the best epoch'
@@ -897,7 +992,7 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
         else:
             log(f'warning: checkpoint from {len(rng)} processes, now {env.world_size}: '
                 f'RNG streams are re-seeded, the run will not match an uninterrupted one')
-            seed_everything((tc.seed + 7919 * start_epoch + env.rank) % _SEED_MOD)
+            seed_everything((tc.seed + 7919 * start_epoch + rank_offset) % _SEED_MOD)
         log(f'resuming {out} after epoch {start_epoch}/{tc.epochs}')
         if warmup != tc.effective_warmup_epochs:
             log(f'the resumed run keeps the warmup of {warmup} epochs it started with (a new run '
@@ -938,12 +1033,20 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
         for step, batch in enumerate(bar):
             batch = batch.to(env.device)
             out_t = ddp_model(batch)
-            if node_level and sampled:  # the seeds come first
-                n = batch.batch_size
-                loss = compute_loss(info.task, out_t[:n], batch.y[:n])
+            if node_level and sampled:  # the seeds come first; this rank's real ones
+                own, step_seeds = sampler.steps[step]
+                n = step_seeds.numel()  # the step's seeds over all ranks
+                step_terms = (n if env.world_size == 1 else
+                              _num_loss_terms(info.task, seed_y[step_seeds]))
+                loss = _share_loss(info.task, out_t[:own], batch.y[:own], None, step_terms,
+                                   env.world_size)
+            elif node_level:
+                n = train_nodes.numel()
+                loss = _share_loss(info.task, out_t, batch.y,
+                                   own_mask if env.distributed else batch.train_mask,
+                                   full_terms, env.world_size)
             else:
-                mask = batch.train_mask if node_level else None
-                loss = compute_loss(info.task, out_t, batch.y, mask)
+                loss = compute_loss(info.task, out_t, batch.y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             loss_ok, norm_ok, loss_value = _check_step(model, loss, tc.grad_clip)
@@ -953,9 +1056,10 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
                             else 'gradient norm is not finite'}
                 break
             optimizer.step()
-            n = (batch.num_graphs if info.level == 'graph' else
-                 batch.num_nodes if info.level == 'node-inductive' else
-                 batch.batch_size if sampled else num_train_nodes)
+            if not node_level:
+                n = batch.num_graphs if info.level == 'graph' else batch.num_nodes
+            else:  # the ranks' (scaled) losses average to the step's loss
+                n = n / env.world_size if env.distributed else n
             total += loss_value * n
             count += n
             bar.set_postfix_str(f'loss {total / max(count, 1):.4f}', refresh=False)
@@ -973,9 +1077,12 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
             break
         total, count = D.all_reduce_sum([total, float(count)], env.device)
         train_loss = total / max(count, 1.0)
-        if node_eval is not None:  # one pass for both masks
-            val, test = node_eval(model, progress).values()
-            finite = node_eval.finite
+        if node_eval is not None:  # one pass for both masks; under torchrun on rank 0 alone
+            val, test, finite = math.nan, math.nan, True  # (then broadcast to every rank)
+            if env.is_main:
+                val, test = node_eval(model, progress).values()
+                finite = node_eval.finite
+            val, test, finite = D.broadcast_object((val, test, finite))
         else:
             val = evals['val'](model, progress)
             test = evals['test'](model, progress)
