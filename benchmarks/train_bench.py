@@ -80,12 +80,15 @@ from torch_geometric.data import Batch, Data
 
 BATCH = 32
 DEFAULT_ROWS = (
-    "pyg", "full", "pyg-performer", "linear", "exphormer", "grit",
-    "graphormer", "graphormer-padded", "tokengt", "tokengt-padded",
+    "pyg", "full", "pyg-performer", "linear", "exphormer", "exphormer-orig", "grit",
+    "grit-orig", "graphormer", "graphormer-padded", "tokengt", "tokengt-padded",
 )
 # rows whose model comes from transformer_model(), and their padded twins (key -> gtpe key)
 TRANSFORMERS = ("graphormer", "tokengt")
 PADDED = {f"{k}-padded": k for k in TRANSFORMERS}
+# rows running ported official layers (benchmarks/*_original.py) -> (gtpe row, target speed-up)
+ORIGINAL = {"exphormer-orig": ("exphormer", 1.5), "grit-orig": ("grit", 2.0),
+            "grit-orig-bare": ("grit", 2.0)}
 LAYERS = 4
 CHANNELS = 64
 HEADS = 4
@@ -185,6 +188,34 @@ def gtpe_model(local: str | None, attn: str, node_vocab: int, edge_vocab: int):
         edge_input="embedding",
         edge_in_dim=edge_vocab,
     ), cfg
+
+
+class GtpeEncoder(torch.nn.Module):
+    """The input and PE encoders of a gtpe ``GPSModel`` (its ``node_encoder``, ``edge_encoder``,
+    ``rrwp_encoder``: the same modules, so the same parameters) as a module whose forward is
+    ``model.encode(data)``; the model's layers are not part of it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        for name in ("node_encoder", "edge_encoder", "rrwp_encoder"):
+            setattr(self, name, getattr(model, name))
+        self._model = [model]  # not a submodule: its layers stay out of parameters()
+
+    def forward(self, data: Batch) -> dict:
+        return self._model[0].encode(data)
+
+
+def orig_model(key: str, base: torch.nn.Module) -> torch.nn.Module:
+    """The ported official layers (``key``: ``'exphormer-orig'``, ``'grit-orig'`` or
+    ``'grit-orig-bare'``) behind the encoders and head of the gtpe ``GPSModel`` ``base`` (shared
+    modules: the rows differ in their layers only)."""
+    from exphormer_original import OrigExphormerModel
+    from grit_original import OrigGritModel
+
+    enc = GtpeEncoder(base)
+    if key == "exphormer-orig":
+        return OrigExphormerModel(enc, base.head, CHANNELS, LAYERS, HEADS)
+    return OrigGritModel(enc, base.head, CHANNELS, LAYERS, HEADS, e_stream=key == "grit-orig")
 
 
 def transformer_model(kind: str, node_vocab: int, edge_vocab: int):
@@ -383,9 +414,13 @@ def print_table(rows: dict[str, dict], keys: dict[str, str]) -> None:
     for pkey, key in PADDED.items():
         if pkey in keys and key in keys:
             pad_of[keys[key]] = pad_of[keys[pkey]] = keys[pkey]
+    orig_of: dict[str, str] = {}  # gtpe row name -> its official twin's row name
+    for okey, (key, _) in ORIGINAL.items():
+        if okey in keys and key in keys and keys[key] not in orig_of:
+            orig_of[keys[key]] = keys[okey]
     print(
         f"{'model':36s} {'params':>7s} {'wall ms':>8s} {'graphs/s':>9s} {'vs PyG':>7s} "
-        f"{'cpu ms':>7s} {'vs PyG':>7s} {'vs padded':>9s}"
+        f"{'cpu ms':>7s} {'vs PyG':>7s} {'vs padded':>9s} {'vs orig':>8s}"
     )
     for key, name in keys.items():
         r = rows[name]
@@ -401,12 +436,14 @@ def print_table(rows: dict[str, dict], keys: dict[str, str]) -> None:
             ref_med = statistics.median(rows[peer]["times"])
             ref_cpu = statistics.median(rows[peer]["cpu"])
             ratio, ratio_cpu = f"{ref_med / med:6.2f}x", f"{ref_cpu / cpu:6.2f}x"
-        pad = "      -"
+        pad = orig = "      -"
         if name in pad_of:
             pad = f"{statistics.median(rows[pad_of[name]]['times']) / med:6.2f}x"
+        if name in orig_of:
+            orig = f"{statistics.median(rows[orig_of[name]]['times']) / med:6.2f}x"
         print(
             f"{name:36s} {r['params']:7d} {med * 1e3:8.2f} {gps:9.1f} {ratio:>7s} "
-            f"{cpu * 1e3:7.2f} {ratio_cpu:>7s} {pad:>9s}"
+            f"{cpu * 1e3:7.2f} {ratio_cpu:>7s} {pad:>9s} {orig:>8s}"
         )
     for pkey, key in PADDED.items():
         if pkey in keys and key in keys:
@@ -416,6 +453,15 @@ def print_table(rows: dict[str, dict], keys: dict[str, str]) -> None:
             print(
                 f"# {key}: padded SDPA / gtpe = {wall:.2f}x wall, {cpu:.2f}x cpu "
                 f"(target >= 1.5x: {'met' if min(wall, cpu) >= 1.5 else 'NOT met'})"
+            )
+    for okey, (key, target) in ORIGINAL.items():
+        if okey in keys and key in keys:
+            g, o = rows[keys[key]], rows[keys[okey]]
+            wall = statistics.median(o["times"]) / statistics.median(g["times"])
+            cpu = statistics.median(o["cpu"]) / statistics.median(g["cpu"])
+            print(
+                f"# {key}: {okey} / gtpe = {wall:.2f}x wall, {cpu:.2f}x cpu "
+                f"(target >= {target}x: {'met' if min(wall, cpu) >= target else 'NOT met'})"
             )
 
 
@@ -430,7 +476,7 @@ def main(argv: list[str] | None = None) -> None:
         "--rows",
         default=",".join(DEFAULT_ROWS),
         help="comma list of rows (pyg, full, full-fused, full-sdpa, pyg-performer, linear, "
-        "exphormer, grit, "
+        "exphormer, exphormer-orig, grit, grit-orig, grit-orig-bare, "
         "graphormer, graphormer-padded, tokengt, tokengt-padded)",
     )
     ap.add_argument("--no-scale", action="store_true", help="skip the 100k-node Exphormer row")
@@ -464,6 +510,9 @@ def main(argv: list[str] | None = None) -> None:
         "linear": ("gtpe GPSLayer gine+linear", "gine", "linear"),
         "exphormer": ("gtpe GPSLayer gine+exphormer", "gine", "exphormer"),
         "grit": ("gtpe GPSLayer grit (no local)", None, "grit"),
+        "exphormer-orig": ("official Exphormer (port) gine+exph", "gine", "exphormer"),
+        "grit-orig": ("official GRIT (port)", None, "grit"),
+        "grit-orig-bare": ("official GRIT (port), gtpe pairs", None, "grit"),
         "graphormer": ("gtpe graphormer (token, spd 8)", None, None),
         "graphormer-padded": ("padded graphormer (1 sdpa call)", None, None),
         "tokengt": ("gtpe tokengt (token, lap 8)", None, None),
@@ -491,6 +540,10 @@ def main(argv: list[str] | None = None) -> None:
             elif key in PADDED:
                 base, batches = build_transformer(PADDED[key])
                 model = padded_twin(base, batches[0])
+            elif key in ORIGINAL:  # the ported official layers, gtpe's encoders and head
+                base, cfg = gtpe_model(local, attn, node_vocab, edge_vocab)
+                model = orig_model(key, base)
+                batches = make_batches(graphs, nb, cfg.transforms())
             elif key == "pyg":
                 model = PyGGPS(node_vocab, edge_vocab)
                 batches = base_batches
@@ -530,6 +583,10 @@ def main(argv: list[str] | None = None) -> None:
     print(
         "# vs padded = median wall ms of the padded-SDPA twin / this row's (gtpe rows with a "
         "padded twin; the padded row itself: 1.00x)"
+    )
+    print(
+        "# vs orig = median wall ms of the ported official layers (exphormer-orig, grit-orig; "
+        "benchmarks/*_original.py) / the gtpe row's"
     )
     conditions = ["quiet"] + (["busy"] if args.busy else [])
     for condition in conditions:

@@ -52,9 +52,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 from torch.nn import Linear, Parameter
 
-from gtpe.nn.ops import scatter_softmax, scatter_sum, segment_count
+from gtpe.nn.ops import edge_aggregate, scatter_softmax, scatter_sum, segment_count
 
 
 class _SignedSqrt(torch.autograd.Function):
@@ -70,6 +71,44 @@ class _SignedSqrt(torch.autograd.Function):
     def backward(ctx, grad):  # type: ignore[override]
         (r,) = ctx.saved_tensors
         return torch.where(r > 0, 0.5 * grad / r, torch.zeros_like(grad))
+
+
+class _PairUpdate(torch.autograd.Function):
+    # e_hat = relu(rho((q[dst] + k[src]) * e_w) + e_b) for e = [e_w | e_b] ([M, H, 2D]) in one
+    # function: the forward reuses its buffers in place, the backward writes the gradients of
+    # e_w and e_b into one [M, H, 2D] buffer (no cat of the split) and masks in place.
+    @staticmethod
+    def forward(ctx, q, k, e, dst, src):  # type: ignore[override]
+        D = q.size(-1)
+        e_w, e_b = e[..., :D], e[..., D:]
+        qk = q.index_select(0, dst)
+        qk += k.index_select(0, src)
+        s = qk * e_w
+        r = s.abs().sqrt_()
+        out = torch.copysign(r, s, out=s).add_(e_b).relu_()  # s is not needed any more
+        ctx.save_for_backward(q, k, e, dst, src, qk, r, out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        q, k, e, dst, src, qk, r, out = ctx.saved_tensors
+        D = q.size(-1)
+        ge = torch.empty_like(e)
+        gb = ge[..., D:]
+        # d relu = the gradient of e_b (relu's own backward kernel: boolean masks are slow)
+        gb.copy_(torch.ops.aten.threshold_backward(grad, out, 0))
+        # d rho(s)/ds = 1 / (2 sqrt|s|), 0 at s = 0 (as the official sqrt(relu) difference):
+        # x / 0 is +-inf or nan only where r = 0, and nan_to_num sets exactly those to 0
+        gs = torch.div(gb, r).nan_to_num_(0.0, 0.0, 0.0).mul_(0.5)
+        torch.mul(gs, qk, out=ge[..., :D])
+        gqk = gs.mul_(e[..., :D])
+        gq = gk = None
+        if ctx.needs_input_grad[0]:
+            gq = scatter_sum(gqk, dst, q.size(0))
+        if ctx.needs_input_grad[1]:
+            gk = scatter_sum(gqk, src, k.size(0))
+        return gq, gk, ge, None, None
 
 
 def signed_sqrt(s: Tensor) -> Tensor:
@@ -130,6 +169,8 @@ class GRITAttention(torch.nn.Module):
     input ``pair_attr``, completed if ``full_pairs``).  ``pair_index[0]`` holds the keys
     :math:`j`, ``pair_index[1]`` the queries :math:`i`: RRWP pairs ``(a, b)`` carry
     :math:`P^k_{ab}`, so the query :math:`i` sees :math:`P^k_{ji}`, as in the official code.
+    The pair update is one autograd function with a hand-written (``once_differentiable``)
+    backward.
     """
 
     def __init__(
@@ -232,19 +273,24 @@ class GRITAttention(torch.nn.Module):
         q = self.lin_q(x).view(N, H, D)
         k = self.lin_k(x).view(N, H, D)
         v = self.lin_v(x).view(N, H, D)
-        e_w, e_b = self.lin_e(pair_attr).view(M, H, 2 * D).split(D, dim=-1)
-        s = (q.index_select(0, dst) + k.index_select(0, src)) * e_w
-        e_hat = torch.relu(signed_sqrt(s) + e_b)  # [M, H, D]
+        e = self.lin_e(pair_attr).view(M, H, 2 * D)  # [W_Ew e | W_Eb e] per head
+        e_hat = _PairUpdate.apply(q, k, e, dst, src)  # [M, H, D]
         score = (e_hat * self.attn_weight).sum(-1)  # [M, H]
         if self.clamp is not None:
-            score = score.clamp(-self.clamp, self.clamp)
-        alpha = scatter_softmax(score, dst, N).unsqueeze(-1)  # [M, H, 1]
+            # |score| <= clamp: exp cannot overflow or underflow, so no segment-max shift
+            # (the softmax is shift invariant; every nonempty segment has a sum >= e^-clamp)
+            ex = score.clamp(-self.clamp, self.clamp).exp()
+            alpha = ex / scatter_sum(ex, dst, N).index_select(0, dst)
+        else:
+            alpha = scatter_softmax(score, dst, N)
         if self.dropout > 0 and self.training:
             alpha = F.dropout(alpha, p=self.dropout, training=True)
-        out = scatter_sum(v.index_select(0, src) * alpha, dst, N)  # [N, H, D]
-        row_e = scatter_sum(e_hat * alpha, dst, N)  # [N, H, D]
-        out = out + torch.einsum("nhd,hdc->nhc", row_e, self.edge_value)
-        out = out.reshape(N, C)
+        out = edge_aggregate(v, alpha, src, dst, N)  # [N, H, D]
+        row_e = scatter_sum(e_hat * alpha.unsqueeze(-1), dst, N)  # [N, H, D]
+        # W_Ev per head as one block-diagonal [C, C] matrix: one matmul over the nodes
+        eye = torch.eye(H, dtype=x.dtype, device=x.device)
+        w_ev = (self.edge_value.unsqueeze(2) * eye.view(H, 1, H, 1)).reshape(C, C)
+        out = out.reshape(N, C) + row_e.view(N, C) @ w_ev
         if self.deg_coef is not None:
             log_deg = torch.log1p(deg.to(out.dtype)).view(N, 1)
             out = out * self.deg_coef[:, 0] + log_deg * out * self.deg_coef[:, 1]
