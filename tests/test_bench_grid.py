@@ -78,6 +78,24 @@ def test_budget_from_the_grid_file_and_the_option_wins(tmp_path):
                          ids=lambda p: p.name)
 def test_shipped_grids_fit_the_budgets_and_have_the_baselines(path):
     grid = load_grid(path)
+    if grid.cells[0].config.dataset.name in ('cora', 'citeseer'):
+        # node-level grids: each cell is a shipped config (base: per value), 5 seeds, the GCN
+        # config as the baseline
+        name = grid.cells[0].config.dataset.name
+        assert grid.seeds == [0, 1, 2, 3, 4] and grid.baselines == {'model': 'gcn'}
+        for cell in grid.cells:
+            label = cell.labels['model'].replace('gps-', 'gps+')
+            shipped = load_config(REPO / 'configs' / name / f'{label}.yaml')
+            assert cell.config == shipped
+        return
+    if grid.axes == ['impl', 'recipe']:
+        # the learning-parity grid: the same model on gtpe's layers and on PyG's GPSConv
+        assert {c.config.model.arch for c in grid.cells} == {'gps', 'pyg-gps'}
+        assert grid.seeds == [0, 1, 2, 3, 4] and set(grid.baselines) == set(grid.axes)
+        for budget in (500_000, 100_000):
+            runs = plan_runs(grid, seeds=[0], budget_params=budget)
+            assert all(param_count(r.config) <= budget for r in runs)
+        return
     for budget in (500_000, 100_000):
         runs = plan_runs(grid, seeds=[0], budget_params=budget)
         assert len(runs) == len(grid.cells) >= 8

@@ -406,7 +406,7 @@ def test_config_spd_and_token():
                  node_in_dim=6, edge_input=None)
     tokengt = GPSModelConfig(arch="tokengt", local=None, attn="full", norm="layer",
                              pool="token", pe={"orf": {"dim": 8}})
-    with pytest.raises(ConfigError, match=r"^GPSModel: arch 'tokengt' is TokenGTModel; build "
+    with pytest.raises(ConfigError, match=r"^GPSModel: arch 'tokengt' is another model class; build it "
                                           r"with gtpe\.models\.model_class\(config\)$"):
         GPSModel(tokengt, out_dim=1, node_input="embedding", node_in_dim=6, edge_input=None)
     # with the token the layers hold one more row (t) than max_dist

@@ -5,13 +5,18 @@ Example (``model:`` section of an experiment YAML)::
     channels: 64
     num_layers: 4
     local: gine          # gine | dirgine | gatedgcn | gcn | none  (gcn ignores edge features)
-    attn: full           # full | linear | exphormer | grit | gt | graphormer | none
+    attn: full           # full | linear | exphormer | grit | gt | graphormer | sgformer
+                         # | polynormer | none (sgformer, polynormer: linear-time global
+                         # attention of SGFormer / Polynormer; also the archs' own attention)
     heads: 4
     dropout: 0.0
     attn_dropout: 0.0
     norm: batch          # batch | layer | none
     pool: mean           # mean | add | token (graph token: attn graphormer, or arch tokengt)
     arch: gps            # gps (GPSModel) | tokengt (TokenGTModel: nodes and edges as tokens)
+                         # | sgformer | polynormer | largegt (node-level models) | pyg-gps
+                         # (GPSModel on PyG's GPSConv, for learning-parity comparisons)
+    arch_options: {}     # options of a non-gps arch, checked by its class (``check_config``)
     residual: true       # x + branch in every layer (false: a plain stack, as Kipf's GCN)
     ffn: true            # the layers' feed-forward block (false: ReLU only; the last layer
                          # then has no ReLU and no dropout: a plain stack's output layer)
@@ -54,10 +59,10 @@ __all__ = [
 
 LOCALS = ("gine", "dirgine", "gatedgcn", "gcn", None)
 PHASES = ("canonical", "invariant")
-ATTNS = ("full", "linear", "exphormer", "grit", "gt", "graphormer", None)
+ATTNS = ("full", "linear", "exphormer", "grit", "gt", "graphormer", "sgformer", "polynormer", None)
 NORMS = ("batch", "layer", None)
 POOLS = ("mean", "add", "token")
-ARCHS = ("gps", "tokengt")
+ARCHS = ("gps", "tokengt", "sgformer", "polynormer", "largegt", "pyg-gps")
 HEADS = ("mlp", "linear")
 
 
@@ -67,13 +72,19 @@ HEADS = ("mlp", "linear")
 OMIT_IF_DEFAULT = {"omit_if_default": True}
 
 
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
 def plain_dict(obj: Any) -> Any:
     """``dataclasses.asdict`` without the :data:`OMIT_IF_DEFAULT` fields that hold their default."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {
             f.name: plain_dict(getattr(obj, f.name))
             for f in dataclasses.fields(obj)
-            if not (f.metadata.get("omit_if_default") and getattr(obj, f.name) == f.default)
+            if not (f.metadata.get("omit_if_default") and getattr(obj, f.name) == _default(f))
         }
     if isinstance(obj, list):
         return [plain_dict(v) for v in obj]
@@ -319,6 +330,8 @@ class GPSModelConfig:
     head: str = field(default="mlp", metadata=OMIT_IF_DEFAULT)
     input_dropout: float = field(default=0.0, metadata=OMIT_IF_DEFAULT)
     fold_linear: bool = field(default=False, metadata=OMIT_IF_DEFAULT)
+    # options that only one arch reads (validated by that model class's ``check_config``)
+    arch_options: dict = field(default_factory=dict, metadata=OMIT_IF_DEFAULT)
 
     def __post_init__(self) -> None:
         _pos_int("GPSModelConfig", "channels", self.channels)
@@ -362,6 +375,11 @@ class GPSModelConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
                 raise ConfigError(f"GPSModelConfig.{name} must be in [0, 1), got {v!r}")
+        if self.arch == "gps" and self.attn in ("sgformer", "polynormer") and self.attn_dropout:
+            raise ConfigError(
+                f"GPSModelConfig: attn={self.attn!r} is a linear attention without attention "
+                f"weights to drop; set attn_dropout: 0.0, got {self.attn_dropout!r}"
+            )
         if self.attn is not None and self.channels % self.heads != 0:
             raise ConfigError(
                 f"GPSModelConfig: channels ({self.channels}) must be divisible by "
@@ -369,8 +387,22 @@ class GPSModelConfig:
             )
         if not isinstance(self.pe, PEConfig):
             self.pe = PEConfig.from_dict(_none(self.pe))
+        if not isinstance(self.arch_options, Mapping):
+            raise ConfigError(
+                f"GPSModelConfig.arch_options must be a mapping, got {self.arch_options!r}"
+            )
+        self.arch_options = dict(self.arch_options)
+        if self.arch in ("gps", "tokengt") and self.arch_options:
+            raise ConfigError(
+                f"GPSModelConfig: arch={self.arch!r} reads no arch_options, got "
+                f"{sorted(self.arch_options)}"
+            )
         if self.arch == "tokengt":
             self._check_tokengt()
+        elif self.arch not in ("gps", "tokengt"):
+            from gtpe.models import model_class  # the arch's class checks its own options
+
+            model_class(self).check_config(self)
         elif self.pe.orf is not None:
             raise ConfigError("GPSModelConfig: pe.orf (TokenGT's node identifiers) needs arch='tokengt'")
         if self.arch == "gps" and self.pe.concat_dim >= self.channels:

@@ -204,7 +204,7 @@ class GPSModel(torch.nn.Module):
         check_model_arguments("GPSModel", config, out_dim, node_input)
         if config.arch != "gps":
             raise ConfigError(
-                f"GPSModel: arch {config.arch!r} is TokenGTModel; build with "
+                f"GPSModel: arch {config.arch!r} is another model class; build it with "
                 f"gtpe.models.model_class(config)"
             )
         self.config = config

@@ -30,7 +30,7 @@ from gtpe.nn.ops import (
 __all__ = ["ATTN_TYPES", "LOCAL_TYPES", "NORM_TYPES", "GPSLayer"]
 
 LOCAL_TYPES = ("gine", "dirgine", "gatedgcn", "gcn")
-ATTN_TYPES = ("full", "linear", "exphormer", "grit", "gt", "graphormer")
+ATTN_TYPES = ("full", "linear", "exphormer", "grit", "gt", "graphormer", "sgformer", "polynormer")
 NORM_TYPES = ("batch", "layer")
 
 
@@ -72,6 +72,19 @@ def _make_attn(
         from gtpe.nn.attention.graphormer import GraphormerAttention
 
         return GraphormerAttention(channels, heads=heads, dropout=attn_dropout, **kwargs)
+    if attn in ("sgformer", "polynormer"):
+        if attn_dropout > 0:  # neither has attention weights to drop (linear attention)
+            raise ValueError(
+                f"GPSLayer: attn={attn!r} has no attention-weight dropout (a linear attention "
+                f"without an N x N matrix); got attn_dropout={attn_dropout}, use dropout"
+            )
+        if attn == "sgformer":
+            from gtpe.nn.attention.sgformer import SGFormerAttention
+
+            return SGFormerAttention(channels, heads=heads, **kwargs)
+        from gtpe.nn.attention.polynormer import PolynormerAttention
+
+        return PolynormerAttention(channels, heads=heads, **kwargs)
     raise ValueError(
         f"GPSLayer: unknown attn {attn!r}; expected one of {ATTN_TYPES}, a torch.nn.Module or None"
     )
@@ -89,6 +102,8 @@ def _attn_kind(attn: torch.nn.Module) -> str:
         return "gt"
     if name == "GraphormerAttention":
         return "graphormer"
+    if name in ("SGFormerAttention", "PolynormerAttention"):
+        return "per_graph"  # forward(x, batch, num_graphs)
     if isinstance(attn, torch.nn.MultiheadAttention):
         return "mha"
     return "dense"
@@ -138,7 +153,14 @@ class GPSLayer(torch.nn.Module):
             (:class:`~gtpe.nn.attention.GTAttention`: attention over the graph's edges),
             ``'graphormer'`` (:class:`~gtpe.nn.attention.graphormer.GraphormerAttention`: full
             attention with Graphormer's shortest-path-distance bias; ``attn_kwargs``
-            ``max_dist``, default 5), a
+            ``max_dist``, default 5), ``'sgformer'``
+            (:class:`~gtpe.nn.attention.sgformer.SGFormerAttention`, SGFormer's simple global
+            attention; every head ``channels`` wide, heads averaged), ``'polynormer'``
+            (:class:`~gtpe.nn.attention.polynormer.PolynormerAttention`, Polynormer's gated
+            global attention with its own output projection, ReLU and LayerNorm; ``attn_kwargs``
+            ``beta`` etc.) -- these two attend within each graph in :math:`O(N C^2)`, have no
+            attention weights to drop (``attn_dropout`` must be 0) and get the residual, norm
+            and dropout of the branch from the layer -- a
             module (``forward(x, batch)``, or a ``torch.nn.MultiheadAttention`` with
             ``batch_first=True``) or ``None``.
         heads: attention heads.
@@ -569,6 +591,8 @@ class GPSLayer(torch.nn.Module):
             if type(self.attn).__name__ == "FullAttention":  # batch layout shared across layers
                 return self.attn(x, batch, cache=state)
             return self.attn(x, batch)
+        if kind == "per_graph":  # SGFormer, Polynormer: linear attention within each graph
+            return self.attn(x, batch, num_graphs=num_graphs)
         if kind == "exphormer":
             if expander_index is None:
                 raise ValueError(

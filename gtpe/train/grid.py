@@ -393,7 +393,8 @@ def channels_for_budget(config: ExperimentConfig, budget: int, where: str = 'mod
     smallest width exceeds the budget."""
     m = config.model
     step = m.heads if m.attn is not None else 1
-    concat = m.pe.concat_dim if m.arch == 'gps' else 0  # TokenGT concatenates no PE
+    # GPSModel and its PyG twin concatenate the PE dims to the node embedding; TokenGT does not
+    concat = m.pe.concat_dim if m.arch in ('gps', 'pyg-gps') else 0
     k_min = concat // step + 1  # smallest k with k * step > concat dims
 
     def fits(k: int) -> bool:
