@@ -186,7 +186,17 @@ class ExperimentConfig:
 
     def __post_init__(self):
         fanouts = self.train.fanouts
-        if fanouts is not None and len(fanouts) != self.model.num_layers:
+        if fanouts is None:
+            return
+        from gtpe.models import model_class  # a model class may sample other hops than layers
+
+        hops = getattr(model_class(self.model), 'fanout_hops', None)
+        if hops is not None:
+            if len(fanouts) != hops(self.model):
+                raise ConfigError(f'train.fanouts: {len(fanouts)} fan-outs {fanouts} for '
+                                  f'model.arch = {self.model.arch}, which samples '
+                                  f'{hops(self.model)} hops; give one per hop')
+        elif len(fanouts) != self.model.num_layers:
             raise ConfigError(f'train.fanouts: {len(fanouts)} fan-outs {fanouts} for '
                               f'model.num_layers = {self.model.num_layers}; give one per layer')
 
