@@ -105,3 +105,31 @@ def test_large_graph_sparse_spectral_check():
     ev = torch.linalg.eigvalsh(A)
     assert max(abs(ev[0].item()), abs(ev[-2].item())) <= t.threshold
     assert torch.equal(t(graph(n)).expander_index, e)
+
+
+def test_graphs_above_check_max_nodes_keep_their_first_draw_unchecked(monkeypatch):
+    big, small = graph(60, 100, seed=1), graph(30, 40, seed=2)
+    checked = AddExpanderEdges(3, seed=4, check_max_nodes=100)
+    ref_big = checked(big.clone()).expander_index  # a checked run, for comparison
+    # its first draw passed the check: the unchecked transform must give the same
+    assert checked._second_eig(ref_big, torch.tensor([0]), torch.tensor([0, 60]),
+                               torch.zeros(60, dtype=torch.long))[0] <= checked.threshold
+    t = AddExpanderEdges(3, seed=4, check_max_nodes=50)
+    assert repr(t).endswith('dense_check_nodes=512, check_max_nodes=50)')
+    seen = []
+    orig = AddExpanderEdges._second_eig
+
+    def spy(self, edges, gids, ptr, nb):
+        seen.append((ptr[1:] - ptr[:-1])[gids].tolist())
+        return orig(self, edges, gids, ptr, nb)
+
+    monkeypatch.setattr(AddExpanderEdges, '_second_eig', spy)
+    out = t(big.clone()).expander_index
+    assert seen == []  # the 60-node graph is not checked
+    A = adjacency(out, 60)
+    assert (A.sum(1) == 6).all() and torch.equal(A, A.T)
+    assert torch.equal(out, ref_big)
+    b = t(Batch.from_data_list([small.clone(), big.clone()]))  # only the small one is checked
+    assert seen and all(s == [30] for s in seen), seen
+    alone = [t(small.clone()).expander_index, out + 30]
+    assert torch.equal(b.expander_index, torch.cat(alone, 1))
