@@ -239,3 +239,21 @@ def test_trains_two_epochs_on_zinc(tmp_path):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["status"] == "completed"
     assert all(torch.isfinite(torch.tensor(v)) for v in (results["best_val"], results["test"]))
+
+
+def test_pyg_head_is_the_example_models_head():
+    # PyG's examples/graph_gps.py: Linear(C, C/2) - ReLU - Linear(C/2, C/4) - ReLU - Linear(C/4, 1)
+    from torch.nn import Linear, ReLU
+
+    from gtpe.models import ConfigError, GPSModel, GPSModelConfig
+    cfg = GPSModelConfig(channels=64, num_layers=1, head="pyg", pool="add")
+    model = GPSModel(cfg, out_dim=1, node_input="embedding", node_in_dim=28,
+                     edge_input="embedding", edge_in_dim=4)
+    kinds = [(type(m).__name__, getattr(m, "in_features", None), getattr(m, "out_features", None))
+             for m in model.head]
+    assert kinds == [("Linear", 64, 32), ("ReLU", None, None), ("Linear", 32, 16),
+                     ("ReLU", None, None), ("Linear", 16, 1)]
+    assert sum(p.numel() for p in model.head.parameters()) == 2625
+    assert isinstance(model.head[0], Linear) and isinstance(model.head[1], ReLU)
+    with pytest.raises(ConfigError, match="head='pyg' narrows channels"):
+        GPSModelConfig(channels=2, heads=1, head="pyg")

@@ -20,7 +20,8 @@ Example (``model:`` section of an experiment YAML)::
     residual: true       # x + branch in every layer (false: a plain stack, as Kipf's GCN)
     ffn: true            # the layers' feed-forward block (false: ReLU only; the last layer
                          # then has no ReLU and no dropout: a plain stack's output layer)
-    head: mlp            # mlp (Linear-ReLU-Linear) | linear (one Linear)
+    head: mlp            # mlp (Linear-ReLU-Linear) | linear (one Linear) | pyg (Linear
+                         # C-C/2-C/4-out with ReLUs: PyG's examples/graph_gps.py)
     input_dropout: 0.0   # dropout on the raw float node features, before the input encoder
     fold_linear: false   # local gcn plain stack: the first / last GCN have no weight of their
                          # own, the input encoder / linear head is it (Kipf's parametrisation)
@@ -63,7 +64,7 @@ ATTNS = ("full", "linear", "exphormer", "grit", "gt", "graphormer", "sgformer", 
 NORMS = ("batch", "layer", None)
 POOLS = ("mean", "add", "token")
 ARCHS = ("gps", "tokengt", "sgformer", "polynormer", "largegt", "pyg-gps")
-HEADS = ("mlp", "linear")
+HEADS = ("mlp", "linear", "pyg")
 
 
 # Metadata of fields added after configs were first saved: ``to_dict`` leaves them out while
@@ -361,6 +362,11 @@ class GPSModelConfig:
                 raise ConfigError(f"GPSModelConfig.{name} must be true or false, got {v!r}")
         if self.head not in HEADS:
             raise ConfigError(f"GPSModelConfig.head must be one of {HEADS}, got {self.head!r}")
+        if self.head == "pyg" and self.channels < 4:
+            raise ConfigError(
+                f"GPSModelConfig.head='pyg' narrows channels to C/2 and C/4: needs channels >= 4, "
+                f"got {self.channels}"
+            )
         if self.fold_linear:
             need = {"local": "gcn", "ffn": False, "head": "linear"}
             bad = [k for k, v in need.items() if getattr(self, k) != v]

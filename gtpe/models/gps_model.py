@@ -120,10 +120,12 @@ class GPSModel(torch.nn.Module):
     outputs are concatenated (GraphGPS), so ``x^{(0)}`` has ``channels`` features; the RRWP node
     term (GRIT) is added.  Edge features are encoded to ``channels``.  The head is
     ``Linear(C, C) - ReLU - Linear(C, out_dim)`` (``config.head='linear'``: ``Linear(C,
-    out_dim)``); pooling is ``config.pool`` (mean/add).  ``config.residual`` / ``config.ffn``
-    go to every :class:`~gtpe.nn.GPSLayer`; ``config.input_dropout`` is dropout on the raw float
-    node features (``node_input='linear'`` only).  Kipf & Welling's GCN is ``local='gcn',
-    attn=None, norm=None, residual=False, ffn=False, head='linear', input_dropout=0.5``:
+    out_dim)``; ``'pyg'``: ``Linear(C, C/2) - ReLU - Linear(C/2, C/4) - ReLU - Linear(C/4,
+    out_dim)``, the head of PyG's ``examples/graph_gps.py``); pooling is ``config.pool``
+    (mean/add).  ``config.residual`` / ``config.ffn`` go to every :class:`~gtpe.nn.GPSLayer`;
+    ``config.input_dropout`` is dropout on the raw float node features (``node_input='linear'``
+    only).  Kipf & Welling's GCN is ``local='gcn', attn=None, norm=None, residual=False,
+    ffn=False, head='linear', input_dropout=0.5``:
     :math:`\mathbf{x}^{(\ell+1)} = \mathrm{Dropout}(\mathrm{ReLU}(\hat{A}\mathbf{x}^{(\ell)}W_\ell))`
     after the linear input encoder, the last layer without ReLU and dropout
     (:math:`\hat{A}\mathbf{x}^{(L-1)}W_{L-1}`), then one linear map; with
@@ -310,11 +312,13 @@ class GPSModel(torch.nn.Module):
         if config.attn == "graphormer":  # one spatial encoding for all layers, as the paper
             for layer in self.layers[1:]:
                 layer.attn.spatial = self.layers[0].attn.spatial
-        self.head = (
-            Sequential(Linear(C, C), ReLU(), Linear(C, out_dim))
-            if config.head == "mlp"
-            else Linear(C, out_dim)
-        )
+        if config.head == "mlp":
+            self.head = Sequential(Linear(C, C), ReLU(), Linear(C, out_dim))
+        elif config.head == "pyg":  # PyG's examples/graph_gps.py
+            self.head = Sequential(Linear(C, C // 2), ReLU(), Linear(C // 2, C // 4), ReLU(),
+                                   Linear(C // 4, out_dim))
+        else:
+            self.head = Linear(C, out_dim)
         self.reset_parameters()
 
     def _attn_kwargs(self, i: int) -> dict[str, Any] | None:
