@@ -17,12 +17,12 @@ contractions as ``torch.einsum``).  For a pair :math:`j \to i` (``edge_index[0]`
 
 then the layer: degree scaler :math:`\hat x \theta_1 + \log(1 + d)\,\hat x \theta_2`,
 :math:`O_h`, residual, BatchNorm, FFN with residual and BatchNorm for the nodes, and
-:math:`e' = \mathrm{BN}_e(e + O_e \hat e)` for the pairs.
+:math:`e' = \mathrm{BN}_e(e + O_e\, \mathrm{Dropout}(\hat e))` for the pairs.
 
-``e_stream=False`` (not an official option) drops the pair residual and ``BN_e`` and, in a
-layer built with ``update_e=False``, :math:`O_e`: then the layer computes exactly what gtpe's
-``GPSLayer(local=None, attn='grit')`` does (whose pair stream is :math:`e' = W_{Oe} \hat e`,
-without residual or norm, and absent in a model's last layer).
+gtpe's ``GPSLayer(local=None, attn='grit')`` computes the same (tests/test_original_ports.py:
+equal outputs and gradients at copied weights, dropout 0; with dropout the node branch drops
+after :math:`O_h` in gtpe, before the degree scaler here); gtpe's ``GPSModel`` skips the last
+layer's pair update, which the official model computes and discards.
 
 The official pipeline builds the pairs with ``RRWPLinearEdgeEncoder`` (``torch_sparse``
 coalesce and a per-graph Python loop for the full-graph padding); that is an encoder, outside
@@ -95,23 +95,22 @@ class OrigGritLayer(torch.nn.Module):
     """The official ``GritTransformerLayer`` (batch norm, residual, ``O_e``, ``norm_e``).
 
     ``forward(x, edge_index, edge_attr, log_deg [N, 1])`` returns ``(x_out, e_out)``.
-    ``update_e=False`` returns the input pairs unchanged (the official option);
-    ``e_stream=False``: see the module docstring.
+    ``update_e=False`` (the official option) returns the input pairs, after computing the
+    updated ones as the official layer does.
     """
 
     def __init__(self, dim: int, heads: int, dropout: float = 0.0, attn_dropout: float = 0.0,
-                 update_e: bool = True, e_stream: bool = True) -> None:
+                 update_e: bool = True) -> None:
         super().__init__()
         self.dropout = dropout
         self.update_e = update_e
-        self.e_stream = e_stream
         self.attention = OrigGritAttention(dim, heads, dropout=attn_dropout)
         self.O_h = Linear(dim, dim)
-        self.O_e = Linear(dim, dim) if (e_stream or update_e) else None
+        self.O_e = Linear(dim, dim)
         self.deg_coef = Parameter(torch.zeros(1, dim, 2))
         torch.nn.init.xavier_normal_(self.deg_coef)
         self.batch_norm1_h = BatchNorm1d(dim)
-        self.batch_norm1_e = BatchNorm1d(dim) if e_stream else None
+        self.batch_norm1_e = BatchNorm1d(dim)
         self.FFN_h_layer1 = Linear(dim, 2 * dim)
         self.FFN_h_layer2 = Linear(2 * dim, dim)
         self.batch_norm2_h = BatchNorm1d(dim)
@@ -126,14 +125,12 @@ class OrigGritLayer(torch.nn.Module):
         h = torch.stack([h, h * log_deg], dim=-1)
         h = (h * self.deg_coef).sum(dim=-1)
         h = self.O_h(h)
-        e = None
-        if self.O_e is not None:
-            e = F.dropout(e_attn.flatten(1), self.dropout, training=self.training)
-            e = self.O_e(e)
+        e = F.dropout(e_attn.flatten(1), self.dropout, training=self.training)
+        e = self.O_e(e)
         h = h_in1 + h
-        if self.e_stream:
-            e = self.batch_norm1_e(e + e_in1)
+        e = e + e_in1
         h = self.batch_norm1_h(h)
+        e = self.batch_norm1_e(e)
         h_in2 = h
         h = self.FFN_h_layer1(h)
         h = F.relu(h)
@@ -147,22 +144,15 @@ class OrigGritModel(torch.nn.Module):
     """A stack of :class:`OrigGritLayer` behind ``encoder`` (``encoder(data)`` returns a dict
     with ``x [N, C]``, ``pair_index [2, M]``, ``pair_attr [M, C]``, as gtpe's
     ``GPSModel.encode``), with mean pooling and ``head``.  The degree is the out-degree of
-    ``data.edge_index`` (the official RRWP transform's ``deg``, row sums of A).
-    ``e_stream=False``: every layer as in the module docstring, the last with ``update_e=False``
-    (gtpe's configuration)."""
+    ``data.edge_index`` (the official RRWP transform's ``deg``, row sums of A).  Every layer
+    updates the pairs, the last one too (unused, as in the official model)."""
 
-    def __init__(self, encoder, head: torch.nn.Module, dim: int, layers: int, heads: int,
-                 e_stream: bool = True) -> None:
+    def __init__(self, encoder, head: torch.nn.Module, dim: int, layers: int,
+                 heads: int) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
-        self.layers = torch.nn.ModuleList(
-            [
-                OrigGritLayer(dim, heads, e_stream=e_stream,
-                              update_e=e_stream or i < layers - 1)
-                for i in range(layers)
-            ]
-        )
+        self.layers = torch.nn.ModuleList([OrigGritLayer(dim, heads) for _ in range(layers)])
 
     def forward(self, data) -> Tensor:
         kw = self.encoder(data)

@@ -87,8 +87,7 @@ DEFAULT_ROWS = (
 TRANSFORMERS = ("graphormer", "tokengt")
 PADDED = {f"{k}-padded": k for k in TRANSFORMERS}
 # rows running ported official layers (benchmarks/*_original.py) -> (gtpe row, target speed-up)
-ORIGINAL = {"exphormer-orig": ("exphormer", 1.5), "grit-orig": ("grit", 2.0),
-            "grit-orig-bare": ("grit", 2.0)}
+ORIGINAL = {"exphormer-orig": ("exphormer", 1.5), "grit-orig": ("grit", 2.0)}
 LAYERS = 4
 CHANNELS = 64
 HEADS = 4
@@ -206,16 +205,16 @@ class GtpeEncoder(torch.nn.Module):
 
 
 def orig_model(key: str, base: torch.nn.Module) -> torch.nn.Module:
-    """The ported official layers (``key``: ``'exphormer-orig'``, ``'grit-orig'`` or
-    ``'grit-orig-bare'``) behind the encoders and head of the gtpe ``GPSModel`` ``base`` (shared
-    modules: the rows differ in their layers only)."""
+    """The ported official layers (``key``: ``'exphormer-orig'`` or ``'grit-orig'``) behind the
+    encoders and head of the gtpe ``GPSModel`` ``base`` (shared modules: the rows differ in their
+    layers only)."""
     from exphormer_original import OrigExphormerModel
     from grit_original import OrigGritModel
 
     enc = GtpeEncoder(base)
     if key == "exphormer-orig":
         return OrigExphormerModel(enc, base.head, CHANNELS, LAYERS, HEADS)
-    return OrigGritModel(enc, base.head, CHANNELS, LAYERS, HEADS, e_stream=key == "grit-orig")
+    return OrigGritModel(enc, base.head, CHANNELS, LAYERS, HEADS)
 
 
 def transformer_model(kind: str, node_vocab: int, edge_vocab: int):
@@ -476,7 +475,7 @@ def main(argv: list[str] | None = None) -> None:
         "--rows",
         default=",".join(DEFAULT_ROWS),
         help="comma list of rows (pyg, full, full-fused, full-sdpa, pyg-performer, linear, "
-        "exphormer, exphormer-orig, grit, grit-orig, grit-orig-bare, "
+        "exphormer, exphormer-orig, grit, grit-orig, "
         "graphormer, graphormer-padded, tokengt, tokengt-padded)",
     )
     ap.add_argument("--no-scale", action="store_true", help="skip the 100k-node Exphormer row")
@@ -512,7 +511,6 @@ def main(argv: list[str] | None = None) -> None:
         "grit": ("gtpe GPSLayer grit (no local)", None, "grit"),
         "exphormer-orig": ("official Exphormer (port) gine+exph", "gine", "exphormer"),
         "grit-orig": ("official GRIT (port)", None, "grit"),
-        "grit-orig-bare": ("official GRIT (port), gtpe pairs", None, "grit"),
         "graphormer": ("gtpe graphormer (token, spd 8)", None, None),
         "graphormer-padded": ("padded graphormer (1 sdpa call)", None, None),
         "tokengt": ("gtpe tokengt (token, lap 8)", None, None),

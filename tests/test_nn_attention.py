@@ -751,6 +751,19 @@ def test_grit_errors_and_repr():
         repr(m)
         == "GRITAttention(8, heads=2, dropout=0.0, full_pairs=False, clamp=5.0, deg_scaler=True)"
     )
+    with pytest.raises(ValueError, match="unknown pair_norm 'group'"):
+        GRITAttention(C, heads=H, pair_norm="group")
+    with pytest.raises(ValueError, match="pair_dropout must be in"):
+        GRITAttention(C, heads=H, pair_dropout=1.0)
+    with pytest.raises(ValueError, match="pair_residual must be True or False"):
+        GRITAttention(C, heads=H, pair_residual=1)
+    m2 = GRITAttention(C, heads=H, pair_dropout=0.1, pair_residual=True, pair_norm="layer")
+    assert isinstance(m2.pair_norm, torch.nn.LayerNorm)
+    assert repr(m2).endswith(
+        "deg_scaler=True, pair_dropout=0.1, pair_residual=True, pair_norm='layer')"
+    )
+    m3 = GRITAttention(C, heads=H, pair_norm="batch", update_pairs=False)
+    assert m3.pair_norm is None and m3.pair_out_proj is None
 
 
 def test_grit_compiles_aot_eager():

@@ -362,6 +362,64 @@ def test_gpslayer_state_is_carried_between_layers():
     assert not torch.allclose(state["edge_attr"], d["edge_attr"])
 
 
+@pytest.mark.parametrize(
+    "norm,residual", [("batch", True), ("layer", True), (None, True), ("batch", False)]
+)
+def test_gpslayer_grit_pair_stream(norm, residual):
+    """attn='grit' updates the pairs as the official GRIT layer (Ma et al., 2023):
+    e' = Norm_e(e + W_Oe Dropout(e_hat)), the layer's dropout / residual / norm; float64,
+    train mode (dropout on, batch statistics), the norm's formula written out."""
+    C, p = 16, 0.3
+    d = random_batch([5, 7], C, seed=3, dtype=torch.float64)
+    torch.manual_seed(0)
+    layer = GPSLayer(C, local=None, attn="grit", heads=2, norm=norm, residual=residual,
+                     dropout=p).to(DEVICE).double().train()
+    a = layer.attn
+    assert a.pair_dropout == p and a.pair_residual is residual
+    assert a.pair_norm_type == norm and (a.pair_norm is None) == (norm is None)
+    if a.pair_norm is not None:
+        with torch.no_grad():
+            a.pair_norm.weight.normal_()
+            a.pair_norm.bias.normal_()
+    pi, pa = d["pair_index"], d["pair_attr"]
+    state: dict = {}
+    torch.manual_seed(5)
+    layer(d["x"], d["edge_index"], d["batch"], d["edge_attr"], pair_index=pi, pair_attr=pa,
+          state=state)
+    # e_hat: a copy of the attention whose pair output is e_hat itself
+    probe = copy.deepcopy(a)
+    probe.pair_dropout, probe.pair_residual, probe.pair_norm = 0.0, False, None
+    with torch.no_grad():
+        probe.pair_out_proj.weight.copy_(torch.eye(C, dtype=torch.float64))
+        probe.pair_out_proj.bias.zero_()
+    _, e_hat, _ = probe(d["x"], pi, pa, d["batch"], deg=state["deg"])
+    torch.manual_seed(5)  # the pair dropout is the layer's first random draw (attn_dropout=0)
+    mask = torch.nn.functional.dropout(torch.ones_like(e_hat), p, training=True)
+    assert 0 < int((mask == 0).sum()) < mask.numel()
+    ref = a.pair_out_proj(e_hat * mask)
+    if residual:
+        ref = ref + pa
+    if norm == "batch":  # over the pairs, biased variance (training)
+        ref = (ref - ref.mean(0)) / torch.sqrt(ref.var(0, unbiased=False) + 1e-5)
+    elif norm == "layer":  # over the channels of each pair
+        ref = (ref - ref.mean(1, keepdim=True)) / torch.sqrt(
+            ref.var(1, unbiased=False, keepdim=True) + 1e-5
+        )
+    if norm is not None:
+        ref = ref * a.pair_norm.weight + a.pair_norm.bias
+    torch.testing.assert_close(state["pair_attr"], ref, rtol=1e-10, atol=1e-10)
+    assert state["pair_index"] is pi
+    # update_pairs=False (a model's last layer): no W_Oe, no Norm_e, the pairs pass through
+    last = GPSLayer(C, local=None, attn="grit", heads=2, norm=norm, residual=residual,
+                    dropout=p, attn_kwargs={"update_pairs": False}).to(DEVICE).double()
+    assert not any("pair_" in n for n, _ in last.named_parameters())
+    assert not any("pair_" in n for n, _ in last.named_buffers())
+    state = {}
+    last(d["x"], d["edge_index"], d["batch"], d["edge_attr"], pair_index=pi, pair_attr=pa,
+         state=state)
+    assert state["pair_attr"] is pa
+
+
 def test_gpslayer_errors():
     C = 16
     d = random_batch([4, 5], C)

@@ -15,10 +15,10 @@ difference is pinned down:
   and ``type_emb`` = ``E`` times the port's embeddings (in = out) equals the port with
   ``eps = 0`` whenever no score reaches the clamp (checked); with the official ``eps`` the
   outputs differ by ~1e-6 relative.
-* GRIT: gtpe's pair stream is ``e' = W_Oe e_hat`` without the official residual and batch
-  norm (``BN_e(e + O_e e_hat)``) and absent in the last layer; the port with
-  ``e_stream=False`` equals gtpe; the faithful port equals gtpe in its first layer's node
-  output and gives ``BN_e(e + gtpe's pair output)``.
+* GRIT: gtpe's ``GPSLayer(attn='grit')`` is the official layer, pair stream included
+  (``BN_e(e + O_e dropout(e_hat))``): the port equals gtpe's model in every layer's node and
+  pair outputs and in all gradients; the port's last layer computes a pair update that nobody
+  reads (gtpe's model skips it: no ``pair_out_proj`` / ``pair_norm`` there).
 """
 from __future__ import annotations
 
@@ -181,35 +181,91 @@ def _match_grit_layer(lg, lo: OrigGritLayer) -> None:
         oa.VeRow.copy_(a.edge_value.permute(1, 0, 2))
         lo.deg_coef.copy_(a.deg_coef.view(1, -1, 2))
         _copy(lo.O_h, a.out_proj)
-        if lo.O_e is not None and a.pair_out_proj is not None:
+        if a.pair_out_proj is not None:  # gtpe's last layer has no pair update
             _copy(lo.O_e, a.pair_out_proj)
+            lo.batch_norm1_e.load_state_dict(a.pair_norm.state_dict())
         lo.batch_norm1_h.load_state_dict(lg.norm2.state_dict())
         lo.batch_norm2_h.load_state_dict(lg.norm3.state_dict())
         _copy(lo.FFN_h_layer1, lg.mlp[0])
         _copy(lo.FFN_h_layer2, lg.mlp[3])
 
 
+def _grit_twins(lg, lo: OrigGritLayer):
+    """``(name, gtpe parameter, port parameter, map)`` for every parameter of ``lg``; ``map``
+    takes a port tensor to the gtpe parameter's layout."""
+    a, oa = lg.attn, lo.attention
+    H, D = a.heads, a.head_dim
+    same = lambda t: t  # noqa: E731
+    out = [("attn_weight", a.attn_weight, oa.Aw, lambda t: t.reshape(D, H).t()),
+           ("edge_value", a.edge_value, oa.VeRow, lambda t: t.permute(1, 0, 2)),
+           ("deg_coef", a.deg_coef, lo.deg_coef, lambda t: t.view(-1, 2))]
+    mods = [("lin_q", a.lin_q, oa.Q), ("lin_k", a.lin_k, oa.K), ("lin_v", a.lin_v, oa.V),
+            ("lin_e", a.lin_e, oa.E), ("out_proj", a.out_proj, lo.O_h),
+            ("norm2", lg.norm2, lo.batch_norm1_h), ("norm3", lg.norm3, lo.batch_norm2_h),
+            ("mlp.0", lg.mlp[0], lo.FFN_h_layer1), ("mlp.3", lg.mlp[3], lo.FFN_h_layer2)]
+    if a.pair_out_proj is not None:
+        mods += [("pair_out_proj", a.pair_out_proj, lo.O_e),
+                 ("pair_norm", a.pair_norm, lo.batch_norm1_e)]
+    for name, mine, theirs in mods:
+        for pn, p in mine.named_parameters():
+            out.append((f"{name}.{pn}", p, getattr(theirs, pn), same))
+    return out
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_grit_port_equals_gtpe(seed):
+    """The faithful port (pair residual and BN_e in every layer) equals gtpe's GRIT model:
+    outputs, the batch-norm running statistics, and the gradients of every parameter."""
     model, cfg = _models("grit", None)
     b = _batch(cfg.transforms(), seed=seed)
-    orig = train_bench.orig_model("grit-orig-bare", model).double()
-    for lg, lo in zip(model.layers, orig.layers):
+    orig = train_bench.orig_model("grit-orig", model).double()
+    assert isinstance(orig, OrigGritModel)
+    assert all(lo.update_e for lo in orig.layers)  # the official configuration
+    for lg, lo in zip(model.layers, orig.layers, strict=True):
         _match_grit_layer(lg, lo)
+    last = model.layers[-1].attn
+    assert last.pair_out_proj is None and last.pair_norm is None
+    for lg in model.layers[:-1]:
+        assert lg.attn.pair_residual and isinstance(lg.attn.pair_norm, torch.nn.BatchNorm1d)
     model.train()
     orig.train()
     ref = model(b)
-    torch.testing.assert_close(orig(b), ref, rtol=1e-10, atol=1e-10)
-    params = list(model.rrwp_encoder.parameters())
-    ga = torch.autograd.grad(model(b).sum(), params)
-    gb = torch.autograd.grad(orig(b).sum(), params)
-    for x, y in zip(ga, gb):
-        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-10)
+    out = orig(b)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    # the same batch statistics went into the running means and variances
+    for lg, lo in zip(model.layers, orig.layers):
+        norms = [(lg.norm2, lo.batch_norm1_h), (lg.norm3, lo.batch_norm2_h)]
+        if lg.attn.pair_norm is not None:
+            norms.append((lg.attn.pair_norm, lo.batch_norm1_e))
+        for mine, theirs in norms:
+            for buf in ("running_mean", "running_var"):
+                torch.testing.assert_close(getattr(mine, buf), getattr(theirs, buf),
+                                           rtol=1e-10, atol=1e-12)
+    # gradients: the shared encoders and head, and every layer parameter against its twin
+    w = torch.randn(ref.shape, dtype=ref.dtype, generator=torch.Generator().manual_seed(seed))
+    shared = [p for n, p in model.named_parameters() if not n.startswith("layers.")]
+    twins = [t for lg, lo in zip(model.layers, orig.layers) for t in _grit_twins(lg, lo)]
+    assert len(twins) == sum(1 for n, _ in model.named_parameters() if n.startswith("layers."))
+    model.zero_grad()
+    (ref * w).sum().backward()
+    g_shared = [p.grad.clone() for p in shared]
+    g_layers = [p.grad.clone() for _, p, _, _ in twins]
+    model.zero_grad()
+    orig.zero_grad()
+    (out * w).sum().backward()
+    for p, g in zip(shared, g_shared):
+        torch.testing.assert_close(p.grad, g, rtol=1e-9, atol=1e-10)
+    for (name, _, q, f), g in zip(twins, g_layers):
+        assert q.grad is not None, name
+        torch.testing.assert_close(f(q.grad), g, rtol=1e-9, atol=1e-10, msg=name)
+    # the port's last pair update is computed but read by nothing: no gradient
+    lo = orig.layers[-1]
+    assert all(p.grad is None for m in (lo.O_e, lo.batch_norm1_e) for p in m.parameters())
 
 
-def test_grit_faithful_port_pair_stream():
-    """The official layer (``e_stream=True``): node output as gtpe's, pairs through the
-    residual and BN_e that gtpe's GPSLayer does not apply."""
+def test_grit_layer_pair_stream_equals_port():
+    """One layer: gtpe's pair output (``state['pair_attr']``) is the official
+    ``BN_e(e + O_e e_hat)``, and it differs from the bare projection ``O_e e_hat``."""
     model, cfg = _models("grit", None)
     b = _batch(cfg.transforms(), seed=2)
     orig = train_bench.orig_model("grit-orig", model).double()
@@ -224,8 +280,6 @@ def test_grit_faithful_port_pair_stream():
     deg = torch.bincount(b.edge_index[0], minlength=b.num_nodes).to(torch.float64)
     x_out, e_out = lo(kw["x"], kw["pair_index"], kw["pair_attr"], torch.log1p(deg).view(-1, 1))
     torch.testing.assert_close(x_out, x_ref, rtol=1e-10, atol=1e-10)
-    e_ref = lo.batch_norm1_e(state["pair_attr"] + kw["pair_attr"])
-    torch.testing.assert_close(e_out, e_ref, rtol=1e-10, atol=1e-10)
-    assert not torch.allclose(e_out, state["pair_attr"])
-    assert isinstance(orig, OrigGritModel) and all(m.e_stream for m in orig.layers)
-
+    torch.testing.assert_close(state["pair_attr"], e_out, rtol=1e-10, atol=1e-10)
+    _, e_hat = lo.attention(kw["x"], kw["pair_index"], kw["pair_attr"])
+    assert (e_out - lo.O_e(e_hat)).abs().max() > 1e-2

@@ -201,6 +201,25 @@ class GPSLayer(torch.nn.Module):
     on by default when the edge features have ``channels`` columns); with ``local='gatedgcn'``,
     which updates the edges itself, GT does not (``update_edges=True`` is then an error).
 
+    ``attn='grit'`` (Ma et al., `"Graph Inductive Biases in Transformers without Message
+    Passing" <https://arxiv.org/abs/2305.17589>`_, ICML 2023) also updates the pair features,
+    as the official ``GritTransformerLayer``:
+
+    .. math::
+        \mathbf{e}'_{ij} = \mathrm{Norm}_e\big(\mathbf{e}_{ij} + W_{Oe}\,
+            \mathrm{Dropout}(\hat{\mathbf{e}}_{ij})\big),
+
+    with :math:`\hat{\mathbf{e}}_{ij}` the attention's pair scores and :math:`W_{Oe}` its
+    ``pair_out_proj`` (:class:`~gtpe.nn.attention.grit.GRITAttention`), ``dropout`` the
+    layer's, :math:`\mathrm{Norm}_e` = ``attn.pair_norm`` of the layer's ``norm`` type over the
+    :math:`C` pair channels (none with ``norm=None``) and the :math:`\mathbf{e}_{ij} +` only with
+    ``residual=True``; the next layer reads :math:`\mathbf{e}'` from ``state['pair_attr']``.
+    ``attn_kwargs={'update_pairs': False}`` (what :class:`~gtpe.models.GPSModel` gives its last
+    layer, whose pair output nobody reads) skips the update (no :math:`W_{Oe}`, no
+    :math:`\mathrm{Norm}_e`).  The node side is the GPS attention branch above, whose dropout
+    acts after :math:`W_O`; the official layer drops before the degree scaler and :math:`O_h`
+    (the same function in eval mode or with ``dropout=0``).
+
     Returns the new node features ``[N, C]``.
 
     Inputs are checked before anything runs, each failure a one-line ``ValueError`` that names the
@@ -324,6 +343,10 @@ class GPSLayer(torch.nn.Module):
         elif isinstance(attn, str):
             if attn in ("exphormer", "gt"):
                 attn_kwargs.setdefault("edge_dim", edge_dim if edge_dim is not None else channels)
+            if attn == "grit":  # the official pair stream: the layer's dropout, residual, norm
+                attn_kwargs.setdefault("pair_dropout", dropout)
+                attn_kwargs.setdefault("pair_residual", residual)
+                attn_kwargs.setdefault("pair_norm", norm)
             if attn == "gt":
                 gated = self.local_type == "gatedgcn"
                 if gated and attn_kwargs.get("update_edges"):

@@ -11,12 +11,18 @@ features :math:`e_{ij}` = ``pair_attr`` of that column (e.g. RRWP encodings), pe
     \alpha_{ij} &= \operatorname{softmax}_{j}\big(\operatorname{clamp}(w_A^\top \hat e_{ij},
                    \pm c)\big),\\
     \hat x_i &= \sum_j \alpha_{ij}\,\big(W_V x_j + W_{Ev} \hat e_{ij}\big),\\
-    x'_i &= W_O\big(\hat x_i \odot \theta_1 + \log(1 + d_i)\, \hat x_i \odot \theta_2\big),
-    \qquad e'_{ij} = W_{Oe}\, \hat e_{ij},
+    x'_i &= W_O\big(\hat x_i \odot \theta_1 + \log(1 + d_i)\, \hat x_i \odot \theta_2\big),\\
+    e'_{ij} &= \mathrm{Norm}_e\big(e_{ij} + W_{Oe}\, \mathrm{Dropout}(\hat e_{ij})\big),
 
 with :math:`\sigma` = ReLU and :math:`c` = ``clamp`` (5, as in the official code; ``None``
 disables it).  :math:`W_O, W_{Oe}` are the output projections ``out_proj`` / ``pair_out_proj``
-of the official GRIT layer (``O_h``, ``O_e``).  The degree :math:`d_i` is ``deg`` if given
+of the official GRIT layer (``O_h``, ``O_e``).  The pair update is the official
+``GritTransformerLayer``'s in its order (dropout, :math:`O_e`, residual, norm), each part
+optional: ``pair_dropout`` (default 0), ``pair_residual`` (the :math:`e_{ij} +`, default off)
+and ``pair_norm`` (:math:`\mathrm{Norm}_e`, ``'batch'`` / ``'layer'`` over the :math:`C` pair
+channels, default none); the defaults give :math:`e'_{ij} = W_{Oe}\hat e_{ij}`, and
+:class:`~gtpe.nn.GPSLayer` sets the three to its ``dropout``, ``residual`` and ``norm``, as the
+official layer does.  The degree :math:`d_i` is ``deg`` if given
 (GRIT uses the degree of the input graph: its RRWP transform stores the row sums of
 :math:`A`, i.e. the out-degree ``torch_geometric.utils.degree(edge_index[0], N)`` of an
 unweighted graph, equal to the in-degree on undirected graphs); otherwise the number of input
@@ -40,9 +46,11 @@ the released code.  Passing
 With ``full_pairs=True`` the pair set is completed to all ordered pairs (self pairs included)
 within each graph; missing pairs get zero features, duplicate input pairs are summed.  The
 completed ``pair_index`` is sorted by target, then source, and returned with the new pair
-features so that the next layer continues from them.  With ``update_pairs=False`` (the last
-layer of a model, whose pair output nobody reads) :math:`W_{Oe}` is not created and the pair
-features are returned without update (the input ``pair_attr``, completed if ``full_pairs``).
+features so that the next layer continues from them (the residual adds the completed input).
+With ``update_pairs=False`` (the last layer of a model, whose pair output nobody reads: the
+official last layer computes it too and discards it) neither :math:`W_{Oe}` nor
+:math:`\mathrm{Norm}_e` is created and the pair features are returned without update (the
+input ``pair_attr``, completed if ``full_pairs``).
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.nn import Linear, Parameter
 
-from gtpe.nn.ops import edge_aggregate, scatter_softmax, scatter_sum, segment_count
+from gtpe.nn.ops import edge_aggregate, make_norm, scatter_softmax, scatter_sum, segment_count
 
 
 class _SignedSqrt(torch.autograd.Function):
@@ -160,8 +168,14 @@ class GRITAttention(torch.nn.Module):
         bias (bool): biases in :math:`W_K, W_V` (the official code uses none; :math:`W_Q`,
             :math:`W_E` and the output projections always have biases).
         update_pairs (bool): compute the updated pair features :math:`e'_{ij}`.  With
-            ``False`` there is no ``pair_out_proj`` and ``forward`` returns the input
-            ``pair_attr`` / ``pair_index`` unchanged (after ``full_pairs`` completion).
+            ``False`` there is no ``pair_out_proj`` (nor ``pair_norm``) and ``forward``
+            returns the input ``pair_attr`` / ``pair_index`` unchanged (after ``full_pairs``
+            completion).
+        pair_dropout (float): dropout on :math:`\hat e_{ij}` before :math:`W_{Oe}`.
+        pair_residual (bool): add the input pair features, :math:`e_{ij} + W_{Oe}(\cdot)`.
+        pair_norm (str, optional): :math:`\mathrm{Norm}_e` after the residual, ``'batch'``
+            (``BatchNorm1d``) or ``'layer'`` (``LayerNorm``) over the :math:`C` channels of the
+            pairs, or ``None``.
 
     ``forward(x [N, C], pair_index [2, M], pair_attr [M, C], batch [N], deg=None, num_graphs=None)``
     returns ``(x_out [N, C], pair_out [M', C], pair_index' [2, M'])`` (``M' = M`` and the same
@@ -169,8 +183,8 @@ class GRITAttention(torch.nn.Module):
     input ``pair_attr``, completed if ``full_pairs``).  ``pair_index[0]`` holds the keys
     :math:`j`, ``pair_index[1]`` the queries :math:`i`: RRWP pairs ``(a, b)`` carry
     :math:`P^k_{ab}`, so the query :math:`i` sees :math:`P^k_{ji}`, as in the official code.
-    The pair update is one autograd function with a hand-written (``once_differentiable``)
-    backward.
+    The computation of :math:`\hat e` is one autograd function with a hand-written
+    (``once_differentiable``) backward.
     """
 
     def __init__(
@@ -183,6 +197,9 @@ class GRITAttention(torch.nn.Module):
         deg_scaler: bool = True,
         bias: bool = False,
         update_pairs: bool = True,
+        pair_dropout: float = 0.0,
+        pair_residual: bool = False,
+        pair_norm: str | None = None,
     ) -> None:
         super().__init__()
         if channels <= 0 or heads <= 0 or channels % heads != 0:
@@ -190,8 +207,17 @@ class GRITAttention(torch.nn.Module):
                 f"GRITAttention: channels ({channels}) must be a positive multiple "
                 f"of heads ({heads})"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"GRITAttention: dropout must be in [0, 1), got {dropout}")
+        for name, p in (("dropout", dropout), ("pair_dropout", pair_dropout)):
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"GRITAttention: {name} must be in [0, 1), got {p}")
+        if pair_residual is not True and pair_residual is not False:
+            raise ValueError(
+                f"GRITAttention: pair_residual must be True or False, got {pair_residual!r}"
+            )
+        pair_norm_module = make_norm(
+            pair_norm, channels, f"GRITAttention: unknown pair_norm {pair_norm!r}; expected "
+            "'batch', 'layer' or None"
+        )
         if clamp is not None and clamp <= 0:
             raise ValueError(f"GRITAttention: clamp must be positive or None, got {clamp}")
         self.channels = channels
@@ -202,6 +228,9 @@ class GRITAttention(torch.nn.Module):
         self.clamp = None if clamp is None else float(clamp)
         self.deg_scaler = deg_scaler
         self.update_pairs = bool(update_pairs)
+        self.pair_dropout = float(pair_dropout)
+        self.pair_residual = pair_residual
+        self.pair_norm_type = pair_norm
         H, D = heads, self.head_dim
         self.lin_q = Linear(channels, channels, bias=True)
         self.lin_k = Linear(channels, channels, bias=bias)
@@ -215,6 +244,7 @@ class GRITAttention(torch.nn.Module):
             self.register_parameter("deg_coef", None)
         self.out_proj = Linear(channels, channels)
         self.pair_out_proj = Linear(channels, channels) if self.update_pairs else None
+        self.pair_norm = pair_norm_module if self.update_pairs else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -230,6 +260,8 @@ class GRITAttention(torch.nn.Module):
         self.out_proj.reset_parameters()
         if self.pair_out_proj is not None:
             self.pair_out_proj.reset_parameters()
+        if self.pair_norm is not None:
+            self.pair_norm.reset_parameters()
 
     def forward(
         self,
@@ -296,7 +328,16 @@ class GRITAttention(torch.nn.Module):
             out = out * self.deg_coef[:, 0] + log_deg * out * self.deg_coef[:, 1]
         if self.pair_out_proj is None:  # update_pairs=False: pairs pass through
             return self.out_proj(out), pair_attr, pair_index
-        return self.out_proj(out), self.pair_out_proj(e_hat.reshape(M, C)), pair_index
+        # the official pair stream: dropout, O_e, residual, norm
+        e_out = e_hat.reshape(M, C)
+        if self.pair_dropout > 0 and self.training:
+            e_out = F.dropout(e_out, p=self.pair_dropout, training=True)
+        e_out = self.pair_out_proj(e_out)
+        if self.pair_residual:
+            e_out = e_out + pair_attr
+        if self.pair_norm is not None:
+            e_out = self.pair_norm(e_out)
+        return self.out_proj(out), e_out, pair_index
 
     def __repr__(self) -> str:
         return (
@@ -304,5 +345,8 @@ class GRITAttention(torch.nn.Module):
             f"dropout={self.dropout}, "
             f"full_pairs={self.full_pairs}, clamp={self.clamp}, deg_scaler={self.deg_scaler}"
             + ("" if self.update_pairs else ", update_pairs=False")
+            + (f", pair_dropout={self.pair_dropout}" if self.pair_dropout else "")
+            + (", pair_residual=True" if self.pair_residual else "")
+            + (f", pair_norm={self.pair_norm_type!r}" if self.pair_norm_type else "")
             + ")"
         )
