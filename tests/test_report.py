@@ -599,6 +599,9 @@ def test_is_finished():
     assert is_finished(done) and is_finished(done, config)
     assert not is_finished({**done, 'epochs': 1})
     assert is_finished({**done, 'epochs': 1, 'status': 'diverged'})
+    # early stopping (train.patience) ends a run before train.epochs: finished too
+    assert is_finished({**done, 'epochs': 1, 'stopped_early': True}, config)
+    assert not is_finished({**done, 'epochs': 1, 'stopped_early': False}, config)
     assert not is_finished({'status': 'completed', 'epochs': 2})  # no config: no epochs
     # with a config: the run's config must be it, machine keys aside (not the seed)
     moved = fake_config(seed=3, epochs=2)

@@ -167,14 +167,15 @@ def _merge_meta(metas: list[tuple[Path, dict]]) -> dict:
 
 
 def is_finished(results: dict, config: dict | None = None) -> bool:
-    """Whether a run's ``results.json`` is a finished run: it diverged, or its ``epochs`` equals
-    the config's ``train.epochs`` (``config``, else the run's own). With ``config`` (a plain
-    config dict), the run's config must also equal it outside :data:`MACHINE_KEYS`."""
+    """Whether a run's ``results.json`` is a finished run: it diverged, it stopped early
+    (``train.patience``), or its ``epochs`` equals the config's ``train.epochs`` (``config``,
+    else the run's own). With ``config`` (a plain config dict), the run's config must also equal
+    it outside :data:`MACHINE_KEYS`."""
     own = results.get('config')
     if config is not None and (not isinstance(own, dict)
                                or config_equal_except(own, config, MACHINE_KEYS)):
         return False
-    if results.get('status') == 'diverged':
+    if results.get('status') == 'diverged' or results.get('stopped_early') is True:
         return True
     epochs = ((config if config is not None else own or {}).get('train') or {}).get('epochs')
     return epochs is not None and results.get('epochs') == epochs
