@@ -402,3 +402,30 @@ def test_neighbor_run_resumed_after_a_crash_matches_an_uninterrupted_one(tmp_pat
     for r in (res, ref):
         r.pop('seconds'), r.pop('cost')
     assert json.loads(json.dumps(res)) == json.loads(json.dumps(ref))
+
+
+def test_node_level_encodings_on_the_one_graph(tmp_path, monkeypatch):
+    # LapPE and RWSE of a node-level dataset: computed on its one graph (2,708 nodes: the
+    # sparse eigensolver path of AddLapPE), equal to the transforms applied to the raw graph,
+    # and the model trains on them with either loader
+    from gtpe.datasets import load_dataset
+    from gtpe.transforms import AddLapPE, AddRWSE
+
+    monkeypatch.setenv('GTPE_DATA_ROOT', str(tmp_path / 'data'))
+    over = {**SMALL, 'model.attn': None, 'train.epochs': 2,
+            'model.pe': {'rwse': {'walk_length': 8, 'dim': 4}, 'lap': {'k': 4, 'dim': 4}}}
+    cfg = load_config(CONFIGS / 'cora' / 'gcn.yaml', overrides=over)
+    info, splits = loop.load_data(cfg, progress=False)
+    g = splits['train'][0]
+    raw = load_dataset('cora', progress=False)['train'][0]
+    assert g.num_nodes == raw.num_nodes == 2708 and g.num_nodes > AddLapPE(k=4).sparse_threshold
+    torch.testing.assert_close(g.rwse, AddRWSE(walk_length=8)(raw.clone()).rwse)
+    ref = AddLapPE(k=4)(raw.clone())
+    torch.testing.assert_close(g.lap_eigval, ref.lap_eigval)
+    torch.testing.assert_close(g.lap_pe, ref.lap_pe)
+    for loader in ('full', 'neighbor'):
+        extra = {} if loader == 'full' else {'train.loader': 'neighbor', 'train.fanouts': [5, 5],
+                                              'train.batch_size': 70}
+        res = train(load_config(CONFIGS / 'cora' / 'gcn.yaml', overrides={**over, **extra}),
+                    tmp_path / loader, progress=False)
+        assert res['status'] == 'completed' and 0.0 <= res['test'] <= 1.0
