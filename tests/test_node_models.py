@@ -385,6 +385,35 @@ def test_polynormer_two_stages_and_resume():
     assert fresh.steps == 0 and not fresh.global_stage()
 
 
+def test_polynormer_stages_count_epochs_once_set_epoch_is_called():
+    m = _model('polynormer', norm=None, arch_options={'local_steps': 2})
+    data = _graph()
+    for epoch in range(4):
+        m.set_epoch(epoch)
+        m.train()
+        for _ in range(3):  # three mini-batches: still one epoch of the stage schedule
+            m.zero_grad()
+            m(data).sum().backward()
+            assert (all(p.grad is not None for p in m.globals.parameters())) == (epoch >= 2)
+        assert m.steps == epoch
+        m.eval()  # the evaluation after the epoch follows its stage
+        ref = polynormer_dense(m, data, use_global=epoch >= 2)
+        torch.testing.assert_close(m(data), ref)
+
+
+def test_gtpe_train_counts_polynormer_epochs_under_the_neighbour_loader(tmp_path):
+    from gtpe.train.checkpoint import load_checkpoint
+    from gtpe.train.config import load_config
+    from gtpe.train.loop import train
+    cfg = load_config(CONFIGS / 'cora' / 'polynormer.yaml', overrides={
+        'model.channels': 16, 'model.heads': 2, 'train.epochs': 3, 'train.device': 'cpu',
+        'model.arch_options': {'global_layers': 1, 'local_steps': 2},
+        'train.loader': 'neighbor', 'train.fanouts': [5, 5], 'train.batch_size': 35})
+    train(cfg, tmp_path / 'run', progress=False)  # 140 training nodes: 4 batches per epoch
+    state = load_checkpoint(tmp_path / 'run' / 'checkpoints' / 'last.pt')
+    assert int(state['model']['steps']) == 2  # the last epoch's index, not 12 mini-batches
+
+
 # -- config errors ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('cfg,match', [

@@ -59,8 +59,9 @@ class PolynormerModel(torch.nn.Module):
     use only the local stage, with its own output layer :math:`Y = X_{\mathrm{loc}} W'_O +
     b'_O`; from then on the global stage is on (evaluation follows the stage of the last
     training pass).  The count is the buffer ``steps`` (kept in checkpoints, so a resumed run
-    continues in its stage); it counts epochs with full-batch training and mini-batches with
-    ``train.loader: neighbor``.  ``local_steps: 0`` trains both stages together from the start.
+    continues in its stage): training forward passes, or, once :meth:`set_epoch` is called
+    (``gtpe train`` calls it before every epoch, full-batch or ``train.loader: neighbor``),
+    epochs.  ``local_steps: 0`` trains both stages together from the start.
     The official code also reloads the best local-stage checkpoint when the global stage
     starts; gtpe's loop does not (the run continues from the last local step).
 
@@ -191,6 +192,7 @@ class PolynormerModel(torch.nn.Module):
             make_head(config.head, C, C, out_dim) if M == 0 or self.local_steps > 0 else None
         )
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.epoch_driven = False  # set_epoch() was called: steps counts epochs
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -199,11 +201,18 @@ class PolynormerModel(torch.nn.Module):
                 m.reset_parameters()
         self.steps.zero_()
 
+    def set_epoch(self, epoch: int) -> None:
+        """Count epochs instead of forward passes from now on: the stage of epoch ``epoch``
+        (0-based) is the global one when ``epoch >= local_steps``, for training and for the
+        evaluation after it."""
+        self.epoch_driven = True
+        self.steps.fill_(int(epoch))
+
     def global_stage(self) -> bool:
         """Whether the next forward pass runs the global stage (see the class docstring)."""
         if not len(self.globals):
             return False
-        if self.training:
+        if self.training or self.epoch_driven:
             return int(self.steps) >= self.local_steps
         return max(int(self.steps) - 1, 0) >= self.local_steps
 
@@ -225,7 +234,7 @@ class PolynormerModel(torch.nn.Module):
     def forward(self, data: Any) -> Tensor:
         x, batch, num_graphs = read_input("PolynormerModel", data, self.config.input_dropout, self.training)
         use_global = self.global_stage()
-        if self.training:
+        if self.training and not self.epoch_driven:
             self.steps += 1
         h = F.dropout(self.encoder(x), self.dropout, self.training)
         h = self.local_stage(h, data.edge_index)

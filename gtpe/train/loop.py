@@ -1024,6 +1024,8 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
         t0 = time.perf_counter()
         if sampler is not None:
             sampler.set_epoch(epoch)
+        if hasattr(model, 'set_epoch'):  # models whose schedule counts epochs (Polynormer)
+            model.set_epoch(epoch)
         gen.manual_seed((tc.seed * 1_000_003 + epoch) % _SEED_MOD)
         lr = optimizer.param_groups[0]['lr']
         ddp_model.train()
