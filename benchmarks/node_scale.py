@@ -49,7 +49,7 @@ An epoch: Adam (lr 0.01), cross entropy on the training nodes (60 % of the nodes
 ``full-batch``: one forward and backward over the whole graph.  ``mini-batch``: the training
 nodes in shuffled batches of ``--batch-size`` seeds, each with its neighbour-sampled subgraph
 (``--fanouts`` in-edges per node and hop; gtpe's plain-torch
-:class:`gtpe.train.loop.UniformNeighborSampler` through ``gtpe.train.loop._neighbor_loader``),
+:class:`gtpe.train.node_sampling.UniformNeighborSampler` through ``gtpe.train.node_sampling.neighbor_loader``),
 the loss on the seeds; the global attention then runs over the sampled subgraph.
 ``--mode auto`` (default) picks full-batch when ``MODEL_BYTES_PER_NODE[stage] * N`` (the
 measured growth of the stage's peak, see the comment at the constant) fits in
@@ -359,7 +359,7 @@ def run_stage(args) -> dict:
                                  if k in ("rwse", "lap_pe", "expander_index")]
             del out
     else:
-        from gtpe.train.loop import _neighbor_loader
+        from gtpe.train.node_sampling import neighbor_loader as _neighbor_loader
 
         if stage == "exphormer":
             from gtpe.transforms import AddExpanderEdges

@@ -392,7 +392,7 @@ def test_codebook_state_is_saved_deterministic_and_resumes_exactly():
 
 
 def test_neighbor_subgraph_returns_the_seeds_rows():
-    from gtpe.train.loop import _neighbor_loader
+    from gtpe.train.node_sampling import neighbor_loader as _neighbor_loader
     ei, x = _graph(n=40, e=120, seed=8)
     g = Data(x=x, edge_index=ei, num_nodes=40)
     model = _model()

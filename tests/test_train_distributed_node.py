@@ -26,10 +26,10 @@ import torch
 import torch.distributed as dist
 
 from gtpe.train.config import load_config
+from gtpe.train.node_sampling import SeedBatches as _SeedBatches
+from gtpe.train.node_sampling import neighbor_loader as _neighbor_loader
 from gtpe.train.loop import (
-    _neighbor_loader,
     _num_loss_terms,
-    _SeedBatches,
     _share_loss,
     compute_loss,
     train,

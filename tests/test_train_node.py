@@ -17,7 +17,8 @@ from gtpe.nn.local import GCN
 from gtpe.train import distributed as D
 from gtpe.train import loop
 from gtpe.train.config import ConfigError, load_config
-from gtpe.train.loop import _neighbor_loader, _NodeEvaluator, train
+from gtpe.train.loop import _NodeEvaluator, train
+from gtpe.train.node_sampling import neighbor_loader as _neighbor_loader
 from gtpe.train.run import evaluate_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / 'configs'
