@@ -73,9 +73,11 @@ def _feature_encoder(
     raise ConfigError(f"GPSModel: unknown {what}_input {kind!r}; expected one of {allowed}")
 
 
-def check_model_arguments(owner: str, config: Any, out_dim: Any, node_input: Any) -> None:
-    """The constructor checks :class:`GPSModel` and :class:`~gtpe.models.TokenGTModel` share:
-    a :class:`GPSModelConfig`, a positive integer ``out_dim``, a known ``node_input``."""
+def check_model_arguments(owner: str, config: Any, out_dim: Any, node_input: Any,
+                          arch: str | None = None) -> None:
+    """The constructor checks the model classes share: a :class:`GPSModelConfig` (with
+    ``config.arch == arch`` when ``arch`` is given), a positive integer ``out_dim``, a known
+    ``node_input``, and ``config.input_dropout`` only with ``node_input='linear'``."""
     if not isinstance(config, GPSModelConfig):
         raise TypeError(
             f"{owner}: config must be a GPSModelConfig, got "
@@ -86,6 +88,16 @@ def check_model_arguments(owner: str, config: Any, out_dim: Any, node_input: Any
     if node_input not in NODE_INPUTS:
         raise ConfigError(
             f"{owner}: unknown node_input {node_input!r}; expected one of {NODE_INPUTS}"
+        )
+    if arch is not None and config.arch != arch:
+        raise ConfigError(
+            f"{owner}: needs a config with arch={arch!r}, got arch={config.arch!r} "
+            f"(use gtpe.models.model_class(config))"
+        )
+    if config.input_dropout > 0 and node_input != "linear":
+        raise ConfigError(
+            f"{owner}: input_dropout (dropout on the raw float node features) needs "
+            f"node_input='linear', got {node_input!r}"
         )
 
 
@@ -214,11 +226,6 @@ class GPSModel(torch.nn.Module):
         self.node_input, self.node_in_dim = node_input, node_in_dim
         self.edge_input, self.edge_in_dim = edge_input, edge_in_dim
         self.graph_level = graph_level
-        if config.input_dropout > 0 and node_input != "linear":
-            raise ConfigError(
-                f"GPSModel: input_dropout (dropout on the raw float node features) needs "
-                f"node_input='linear', got {node_input!r}"
-            )
         if config.pool == "token" and not graph_level:
             raise ConfigError(
                 "GPSModel: pool='token' (a graph token readout) needs graph_level=True"

@@ -131,10 +131,7 @@ class LargeGTModel(torch.nn.Module):
         directed: bool = False,
     ):
         super().__init__()
-        check_model_arguments("LargeGTModel", config, out_dim, node_input)
-        if config.arch != "largegt":
-            raise ConfigError(f"LargeGTModel: needs a config with arch='largegt', got "
-                              f"arch={config.arch!r} (use gtpe.models.model_class(config))")
+        check_model_arguments("LargeGTModel", config, out_dim, node_input, arch="largegt")
         self.check_config(config)
         if graph_level:
             raise ConfigError("LargeGTModel: LargeGT is a node-level model; the dataset is "

@@ -145,18 +145,8 @@ class PolynormerModel(torch.nn.Module):
         directed: bool = False,
     ):
         super().__init__()
-        check_model_arguments("PolynormerModel", config, out_dim, node_input)
-        if config.arch != "polynormer":
-            raise ConfigError(
-                f"PolynormerModel: needs a config with arch='polynormer', got arch={config.arch!r} "
-                f"(use gtpe.models.model_class(config))"
-            )
+        check_model_arguments("PolynormerModel", config, out_dim, node_input, arch="polynormer")
         self.check_config(config)
-        if config.input_dropout > 0 and node_input != "linear":
-            raise ConfigError(
-                f"PolynormerModel: input_dropout (dropout on the raw float node features) needs "
-                f"node_input='linear', got {node_input!r}"
-            )
         opt = self.options(config)
         self.config, self.opt = config, opt
         self.out_dim = out_dim

@@ -247,18 +247,8 @@ class SGFormerModel(torch.nn.Module):
         directed: bool = False,
     ):
         super().__init__()
-        check_model_arguments("SGFormerModel", config, out_dim, node_input)
-        if config.arch != "sgformer":
-            raise ConfigError(
-                f"SGFormerModel: needs a config with arch='sgformer', got arch={config.arch!r} "
-                f"(use gtpe.models.model_class(config))"
-            )
+        check_model_arguments("SGFormerModel", config, out_dim, node_input, arch="sgformer")
         self.check_config(config)
-        if config.input_dropout > 0 and node_input != "linear":
-            raise ConfigError(
-                f"SGFormerModel: input_dropout (dropout on the raw float node features) needs "
-                f"node_input='linear', got {node_input!r}"
-            )
         opt = self.options(config)
         self.config, self.opt = config, opt
         self.out_dim = out_dim

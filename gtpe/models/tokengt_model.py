@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torch.nn import LayerNorm, Linear, ModuleList, ReLU, Sequential
 
-from gtpe.models.config import ConfigError, GPSModelConfig
+from gtpe.models.config import GPSModelConfig
 from gtpe.models.gps_model import _feature_encoder, check_model_arguments
 from gtpe.nn.ops import scatter_mean, scatter_sum
 from gtpe.nn.tokengt import GraphTokenizer, LapNodeIdentifier, ORFNodeIdentifier
@@ -81,12 +81,7 @@ class TokenGTModel(torch.nn.Module):
         directed: bool = False,
     ):
         super().__init__()
-        check_model_arguments("TokenGTModel", config, out_dim, node_input)
-        if config.arch != "tokengt":
-            raise ConfigError(
-                f"TokenGTModel: needs a config with arch='tokengt', got arch={config.arch!r} "
-                f"(use gtpe.models.model_class(config))"
-            )
+        check_model_arguments("TokenGTModel", config, out_dim, node_input, arch="tokengt")
         self.config = config
         self.out_dim = out_dim
         self.node_input, self.node_in_dim = node_input, node_in_dim
