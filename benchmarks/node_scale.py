@@ -110,30 +110,32 @@ MODEL_BYTES_PER_NODE = {
 
 
 # ------------------------------------------------------------------------------ memory
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        m = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M)
-    return int(m.group(1)) if m else 0
+# The process's RSS now, its high-water mark (VmHWM) and resetting it: gtpe.train.cost's host
+# memory functions (what gtpe train reports), imported when a stage's process measures.
+def _host_cost():
+    import torch
+
+    from gtpe.train import cost
+
+    return cost, torch.device("cpu")
 
 
 def rss_bytes() -> int:
-    """Current resident set size of this process."""
-    return _status_kib("VmRSS") * 1024
+    """Current resident set size of this process (0 without ``/proc``)."""
+    cost, host = _host_cost()
+    return cost.current_memory_bytes(host) or 0
 
 
 def peak_bytes() -> int:
     """RSS high-water mark of this process since start or the last :func:`reset_peak`."""
-    return _status_kib("VmHWM") * 1024
+    cost, host = _host_cost()
+    return cost.peak_memory_bytes(host) or 0
 
 
 def reset_peak() -> bool:
     """Reset the RSS high-water mark to the current RSS (Linux >= 4.0); False if impossible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+    cost, host = _host_cost()
+    return cost.reset_peak_memory(host)
 
 
 # ------------------------------------------------------------------------------ machine
