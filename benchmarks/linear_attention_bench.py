@@ -45,10 +45,9 @@ import statistics
 import sys
 
 import torch
-from torch.nn import Embedding, Linear, ReLU, Sequential
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_bench import load_zinc_train, make_batches, make_step, time_rows  # noqa: E402
+from train_bench import PyGGPS, load_zinc_train, make_batches, make_step, time_rows  # noqa: E402
 
 from torch_geometric.data import Batch, Data  # noqa: E402
 
@@ -56,32 +55,11 @@ CHANNELS, HEADS, LAYERS = 64, 4, 4
 NODE_VOCAB, EDGE_VOCAB = 28, 4
 
 
-class PyGPerformerGPS(torch.nn.Module):
-    """PyG's GPSConv(GINEConv, performer) stack with the embeddings and head of the gtpe rows."""
-
-    def __init__(self, head_channels: int | None):
-        super().__init__()
-        from torch_geometric.nn import GINEConv, GPSConv
-
-        C = CHANNELS
-        kw = {} if head_channels is None else {"head_channels": head_channels}
-        self.node_emb = Embedding(NODE_VOCAB, C)
-        self.edge_emb = Embedding(EDGE_VOCAB, C)
-        self.convs = torch.nn.ModuleList(
-            GPSConv(C, GINEConv(Sequential(Linear(C, C), ReLU(), Linear(C, C))), heads=HEADS,
-                    attn_type="performer", attn_kwargs=kw)
-            for _ in range(LAYERS)
-        )
-        self.head = Sequential(Linear(C, C), ReLU(), Linear(C, 1))
-
-    def forward(self, data: Batch) -> torch.Tensor:
-        from torch_geometric.nn import global_mean_pool
-
-        x = self.node_emb(data.x.view(-1))
-        e = self.edge_emb(data.edge_attr.view(-1))
-        for conv in self.convs:
-            x = conv(x, data.edge_index, data.batch, edge_attr=e)
-        return self.head(global_mean_pool(x, data.batch, data.num_graphs))
+def pyg_performer_gps(head_channels: int | None) -> torch.nn.Module:
+    """PyG's GPSConv(GINEConv, performer) stack with the embeddings and head of the gtpe rows
+    (``head_channels=None``: PyG's default 64)."""
+    kw = {} if head_channels is None else {"head_channels": head_channels}
+    return PyGGPS(NODE_VOCAB, EDGE_VOCAB, "performer", kw)
 
 
 def gtpe_linear_gps() -> torch.nn.Module:
@@ -189,8 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             raise SystemExit(f"linear_attention_bench: unknown workload {workload!r}")
         torch.manual_seed(0)
-        models = {"pyg performer (head 64)": PyGPerformerGPS(None),
-                  "pyg performer (head 16)": PyGPerformerGPS(CHANNELS // HEADS),
+        models = {"pyg performer (head 64)": pyg_performer_gps(None),
+                  "pyg performer (head 16)": pyg_performer_gps(CHANNELS // HEADS),
                   "gtpe linear": gtpe_linear_gps()}
         rows = {name: {"step": make_step(m), "batches": batches,
                        "params": sum(p.numel() for p in m.parameters())}
