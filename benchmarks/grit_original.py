@@ -20,9 +20,9 @@ then the layer: degree scaler :math:`\hat x \theta_1 + \log(1 + d)\,\hat x \thet
 :math:`e' = \mathrm{BN}_e(e + O_e\, \mathrm{Dropout}(\hat e))` for the pairs.
 
 gtpe's ``GPSLayer(local=None, attn='grit')`` computes the same (tests/test_original_ports.py:
-equal outputs and gradients at copied weights, dropout 0; with dropout the node branch drops
-after :math:`O_h` in gtpe, before the degree scaler here); gtpe's ``GPSModel`` skips the last
-layer's pair update, which the official model computes and discards.
+equal outputs and gradients at copied weights; with dropout, equal masks in the same places
+for the node, pair and FFN dropouts); gtpe's ``GPSModel`` skips the last layer's pair update,
+which the official model computes and discards.
 
 The official pipeline builds the pairs with ``RRWPLinearEdgeEncoder`` (``torch_sparse``
 coalesce and a per-graph Python loop for the full-graph padding); that is an encoder, outside

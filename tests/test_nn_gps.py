@@ -393,7 +393,9 @@ def test_gpslayer_grit_pair_stream(norm, residual):
         probe.pair_out_proj.weight.copy_(torch.eye(C, dtype=torch.float64))
         probe.pair_out_proj.bias.zero_()
     _, e_hat, _ = probe(d["x"], pi, pa, d["batch"], deg=state["deg"])
-    torch.manual_seed(5)  # the pair dropout is the layer's first random draw (attn_dropout=0)
+    # the layer's random draws (attn_dropout=0): the node output's mask, then the pairs'
+    torch.manual_seed(5)
+    torch.nn.functional.dropout(torch.ones_like(d["x"]), p, training=True)
     mask = torch.nn.functional.dropout(torch.ones_like(e_hat), p, training=True)
     assert 0 < int((mask == 0).sum()) < mask.numel()
     ref = a.pair_out_proj(e_hat * mask)

@@ -283,3 +283,46 @@ def test_grit_layer_pair_stream_equals_port():
     torch.testing.assert_close(state["pair_attr"], e_out, rtol=1e-10, atol=1e-10)
     _, e_hat = lo.attention(kw["x"], kw["pair_index"], kw["pair_attr"])
     assert (e_out - lo.O_e(e_hat)).abs().max() > 1e-2
+
+
+def test_grit_layer_dropout_equals_port():
+    """With dropout in training, gtpe's GRIT layer draws the official layer's masks in its
+    order (node output before the degree scaler and ``O_h``, pair scores before ``O_e``, once
+    in the FFN after the activation): equal outputs under one seed.  The GPS branch convention
+    (dropping the attention output after ``W_O``) gives others.  (The attention-weight dropout
+    acts at the same place in both, but the official scores are head-major in memory, so
+    ``bernoulli_`` fills the same draws into other positions: not comparable mask for mask.)"""
+    model, cfg = _models("grit", None)
+    b = _batch(cfg.transforms(), seed=3)
+    orig = train_bench.orig_model("grit-orig", model).double()
+    lg, lo = model.layers[0], orig.layers[0]
+    _match_grit_layer(lg, lo)
+    lg.dropout = lg.attn.node_dropout = lg.attn.pair_dropout = lg.mlp[2].p = 0.3
+    lo.dropout = 0.3
+    assert isinstance(lg.mlp[4], torch.nn.Identity)  # GRIT's FFN drops once
+    model.train()
+    orig.train()
+    kw = model.encode(b)
+    deg = torch.bincount(b.edge_index[0], minlength=b.num_nodes).to(torch.float64)
+
+    def gtpe_layer():
+        state: dict = {}
+        torch.manual_seed(7)
+        x = lg(kw["x"], kw["edge_index"], kw["batch"], kw["edge_attr"],
+               pair_index=kw["pair_index"], pair_attr=kw["pair_attr"], state=state,
+               num_graphs=kw["num_graphs"])
+        return x, state["pair_attr"]
+
+    x_ref, e_ref = gtpe_layer()
+    torch.manual_seed(7)
+    x_out, e_out = lo(kw["x"], kw["pair_index"], kw["pair_attr"], torch.log1p(deg).view(-1, 1))
+    torch.testing.assert_close(x_out, x_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(e_out, e_ref, rtol=1e-10, atol=1e-10)
+    # the dropout acted (another seed gives other outputs) ...
+    torch.manual_seed(8)
+    x_other, _ = lo(kw["x"], kw["pair_index"], kw["pair_attr"], torch.log1p(deg).view(-1, 1))
+    assert (x_other - x_out).abs().max() > 1e-3
+    # ... and the GPS placement (dropout after W_O, twice in the FFN) is another function
+    lg.attn.node_dropout, lg._branch_dropout, lg.mlp[4] = 0.0, True, torch.nn.Dropout(0.3)
+    x_gps, _ = gtpe_layer()
+    assert (x_gps - x_ref).abs().max() > 1e-3

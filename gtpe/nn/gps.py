@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.nn import Dropout, Linear, ReLU, Sequential
+from torch.nn import Dropout, Identity, Linear, ReLU, Sequential
 
 from gtpe.nn.local import GCN, GINE, DirGINE, GatedGCN
 from gtpe.nn.ops import (
@@ -216,9 +216,10 @@ class GPSLayer(torch.nn.Module):
     ``residual=True``; the next layer reads :math:`\mathbf{e}'` from ``state['pair_attr']``.
     ``attn_kwargs={'update_pairs': False}`` (what :class:`~gtpe.models.GPSModel` gives its last
     layer, whose pair output nobody reads) skips the update (no :math:`W_{Oe}`, no
-    :math:`\mathrm{Norm}_e`).  The node side is the GPS attention branch above, whose dropout
-    acts after :math:`W_O`; the official layer drops before the degree scaler and :math:`O_h`
-    (the same function in eval mode or with ``dropout=0``).
+    :math:`\mathrm{Norm}_e`).  The node side drops as the official layer: ``dropout`` acts
+    inside the attention (its ``node_dropout``), before the degree scaler and :math:`W_O`, not
+    on the branch output, and the MLP drops once, after its activation (the same random
+    masks as the official layer's, in the same order, see tests/test_original_ports.py).
 
     Returns the new node features ``[N, C]``.
 
@@ -344,6 +345,7 @@ class GPSLayer(torch.nn.Module):
             if attn in ("exphormer", "gt"):
                 attn_kwargs.setdefault("edge_dim", edge_dim if edge_dim is not None else channels)
             if attn == "grit":  # the official pair stream: the layer's dropout, residual, norm
+                attn_kwargs.setdefault("node_dropout", dropout)  # before W_O, as the official
                 attn_kwargs.setdefault("pair_dropout", dropout)
                 attn_kwargs.setdefault("pair_residual", residual)
                 attn_kwargs.setdefault("pair_norm", norm)
@@ -401,6 +403,10 @@ class GPSLayer(torch.nn.Module):
             if ffn
             else None
         )
+        # the official GRIT layer's FFN drops once, after the activation
+        self._branch_dropout = self.attn_type != "grit"
+        if self.mlp is not None and not self._branch_dropout:
+            self.mlp[4] = Identity()
         self.norm1 = _make_norm(norm, channels) if self.local is not None else None
         self.norm2 = _make_norm(norm, channels) if self.attn is not None else None
         self.norm3 = _make_norm(norm, channels) if ffn else None
@@ -481,7 +487,7 @@ class GPSLayer(torch.nn.Module):
                     x, edge_index, batch, ea, expander_index, pair_index, pair_attr, state,
                     num_graphs,
                 )
-            if p > 0:
+            if p > 0 and self._branch_dropout:
                 a = F.dropout(a, p=p, training=True)
             if self.residual:
                 a = a + x

@@ -171,6 +171,9 @@ class GRITAttention(torch.nn.Module):
             ``False`` there is no ``pair_out_proj`` (nor ``pair_norm``) and ``forward``
             returns the input ``pair_attr`` / ``pair_index`` unchanged (after ``full_pairs``
             completion).
+        node_dropout (float): dropout on the aggregated node output, before the degree
+            scaler and :math:`W_O` (the official layer's ``h`` dropout; :class:`~gtpe.nn.GPSLayer`
+            sets it to its ``dropout`` and does not drop the branch output again).
         pair_dropout (float): dropout on :math:`\hat e_{ij}` before :math:`W_{Oe}`.
         pair_residual (bool): add the input pair features, :math:`e_{ij} + W_{Oe}(\cdot)`.
         pair_norm (str, optional): :math:`\mathrm{Norm}_e` after the residual, ``'batch'``
@@ -197,6 +200,7 @@ class GRITAttention(torch.nn.Module):
         deg_scaler: bool = True,
         bias: bool = False,
         update_pairs: bool = True,
+        node_dropout: float = 0.0,
         pair_dropout: float = 0.0,
         pair_residual: bool = False,
         pair_norm: str | None = None,
@@ -207,7 +211,9 @@ class GRITAttention(torch.nn.Module):
                 f"GRITAttention: channels ({channels}) must be a positive multiple "
                 f"of heads ({heads})"
             )
-        for name, p in (("dropout", dropout), ("pair_dropout", pair_dropout)):
+        for name, p in (
+            ("dropout", dropout), ("node_dropout", node_dropout), ("pair_dropout", pair_dropout)
+        ):
             if not 0.0 <= p < 1.0:
                 raise ValueError(f"GRITAttention: {name} must be in [0, 1), got {p}")
         if pair_residual is not True and pair_residual is not False:
@@ -228,6 +234,7 @@ class GRITAttention(torch.nn.Module):
         self.clamp = None if clamp is None else float(clamp)
         self.deg_scaler = deg_scaler
         self.update_pairs = bool(update_pairs)
+        self.node_dropout = float(node_dropout)
         self.pair_dropout = float(pair_dropout)
         self.pair_residual = pair_residual
         self.pair_norm_type = pair_norm
@@ -323,6 +330,8 @@ class GRITAttention(torch.nn.Module):
         eye = torch.eye(H, dtype=x.dtype, device=x.device)
         w_ev = (self.edge_value.unsqueeze(2) * eye.view(H, 1, H, 1)).reshape(C, C)
         out = out.reshape(N, C) + row_e.view(N, C) @ w_ev
+        if self.node_dropout > 0 and self.training:
+            out = F.dropout(out, p=self.node_dropout, training=True)
         if self.deg_coef is not None:
             log_deg = torch.log1p(deg.to(out.dtype)).view(N, 1)
             out = out * self.deg_coef[:, 0] + log_deg * out * self.deg_coef[:, 1]
@@ -345,6 +354,7 @@ class GRITAttention(torch.nn.Module):
             f"dropout={self.dropout}, "
             f"full_pairs={self.full_pairs}, clamp={self.clamp}, deg_scaler={self.deg_scaler}"
             + ("" if self.update_pairs else ", update_pairs=False")
+            + (f", node_dropout={self.node_dropout}" if self.node_dropout else "")
             + (f", pair_dropout={self.pair_dropout}" if self.pair_dropout else "")
             + (", pair_residual=True" if self.pair_residual else "")
             + (f", pair_norm={self.pair_norm_type!r}" if self.pair_norm_type else "")
