@@ -52,11 +52,15 @@ NEIGHBOR = {'dataset.name': 'sbm-105', 'model.channels': 16, 'model.local': 'gin
             'train.fanouts': [-1, -1], 'train.batch_size': 10}
 
 # One torchrun launch for both runs (each launch costs ~10 s of start-up on a slow machine): the
-# driver makes the process group, which train() then uses and leaves alone.
+# driver makes the process group, which train() then uses and leaves alone. It reports no free
+# memory, so that the neighbour run evaluates on sampled subgraphs, each rank its share of the
+# batches (the single-process run evaluates full batch: equal with fan-outs [-1, -1]).
 DRIVER = textwrap.dedent('''
     import sys
     import torch.distributed as dist
+    import gtpe.train.loop
     from gtpe.cli import main
+    gtpe.train.loop._free_memory_bytes = lambda device: 0
     dist.init_process_group('gloo')
     for cfg, out in zip(sys.argv[1::2], sys.argv[2::2]):
         rc = main(['train', cfg, '--out', out, '--quiet'])
@@ -230,6 +234,7 @@ def test_two_processes_equal_one(tmp_path):
         proc.kill()
     assert proc.returncode == 0, stdout[-2000:] + stderr[-3000:]
     assert stdout.count('test accuracy: ') == 2  # rank 0 alone prints (and writes)
+    assert stdout.count('evaluation on neighbour-sampled subgraphs') == 1  # the neighbour run
     for name in ('full', 'neighbor'):
         _assert_same_run(tmp_path / f'{name}1', tmp_path / f'{name}2')
         assert sorted(p.name for p in (tmp_path / f'{name}2' / 'checkpoints').iterdir()) == [

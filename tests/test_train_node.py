@@ -299,6 +299,50 @@ def test_neighbor_eval_equals_full_batch_when_fanouts_cover_all(fanouts):
     torch.testing.assert_close(sampled.predict(model, nodes), full, rtol=1e-5, atol=1e-5)
 
 
+class _Gathered(Exception):
+    pass
+
+
+def test_sharded_sampled_eval_equals_one_process(monkeypatch):
+    """Under torchrun, ``shard=True``: rank r predicts the batches r, r + W, ... and the gathered
+    predictions are one process's, with random fan-outs too (each batch samples from a generator
+    seeded by its position, not from the stream left by the batches before it)."""
+    g = _node_graph(n=60, e=300, seed=5)
+    cfg = GPSModelConfig.from_dict({'channels': 8, 'num_layers': 2, 'local': 'gine',
+                                    'attn': None, 'norm': None})
+    torch.manual_seed(0)
+    model = GPSModel(cfg, out_dim=3, node_input='linear', node_in_dim=6, edge_input=None,
+                     graph_level=False)
+    info = dataset_info('cora')
+    nodes = torch.arange(3, 60, 2)  # 29 nodes: batches of 7 -> 5 batches, ranks get 3 + 2
+
+    def evaluator(rank, world_size):
+        env = D.DistEnv(rank=rank, world_size=world_size, device=torch.device('cpu'))
+        return _NodeEvaluator(g, info, env, 'neighbor', fanouts=[2, 2], batch_size=7, seed=3)
+
+    torch.manual_seed(11)
+    one = evaluator(0, 1).predict(model, nodes, shard=True)
+    before = torch.random.get_rng_state()
+    parts = {}
+
+    def gather_rank1(obj):
+        parts[1] = obj
+        raise _Gathered
+
+    monkeypatch.setattr(loop.D, 'all_gather_objects', gather_rank1)
+    with pytest.raises(_Gathered):
+        evaluator(1, 2).predict(model, nodes, shard=True)
+    monkeypatch.setattr(loop.D, 'all_gather_objects', lambda obj: [obj, parts[1]])
+    two = evaluator(0, 2).predict(model, nodes, shard=True)
+    assert parts[1][0] == list(range(7, 14)) + list(range(21, 28))  # batches 1 and 3
+    torch.testing.assert_close(two, one, rtol=0, atol=0)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global stream untouched
+    # the sample is random: another seed gives other predictions
+    other = _NodeEvaluator(g, info, D.DistEnv(), 'neighbor', fanouts=[2, 2], batch_size=7,
+                           seed=4).predict(model, nodes)
+    assert (other - one).abs().max() > 1e-4
+
+
 def test_pair_attributes_follow_the_sampled_nodes():
     g = _node_graph(seed=4)
     g.expander_index = torch.stack([torch.arange(40), (torch.arange(40) + 5) % 40])

@@ -491,9 +491,11 @@ class _NodeEvaluator:
     """Metrics of ``model`` on the masks of a node-level dataset's one graph: one forward pass
     over the whole graph for all requested splits (``mode='full'``), or neighbour-sampled
     subgraphs around the evaluated nodes with ``fanouts`` (``'neighbor'``; a fixed sample,
-    drawn from a generator seeded with ``seed``, so every epoch sees the same one and the
-    training's random stream is untouched). ``finite`` tells whether the last call's
-    predictions were all finite."""
+    each batch's drawn from a generator seeded with ``seed`` and the batch's position, so every
+    epoch sees the same one and the training's random stream is untouched). With
+    ``shard=True`` under ``torchrun``, each process predicts every ``world_size``-th batch and
+    the predictions are gathered: every process gets the one-process predictions.
+    ``finite`` tells whether the last call's predictions were all finite."""
 
     def __init__(self, graph: Any, info: Any, env: Any, mode: str = 'full',
                  fanouts: list[int] | None = None, batch_size: int = 1024, seed: int = 0,
@@ -509,8 +511,10 @@ class _NodeEvaluator:
             self._device_graph = copy.copy(self.graph).to(self.env.device)
         return model(self._device_graph)
 
-    def predict(self, model, nodes: Tensor, progress: bool = False) -> Tensor:
-        """Model outputs ``[len(nodes), out_dim]`` for the node ids ``nodes`` (eval mode)."""
+    def predict(self, model, nodes: Tensor, progress: bool = False,
+                shard: bool = False) -> Tensor:
+        """Model outputs ``[len(nodes), out_dim]`` for the node ids ``nodes`` (eval mode);
+        ``shard``: the processes share the batches of the ``'neighbor'`` mode."""
         model.eval()
         with torch.no_grad():
             if self.mode == 'full':
@@ -525,35 +529,38 @@ class _NodeEvaluator:
                     self.log(f'evaluation: the whole graph does not fit on {self.env.device}; '
                              f'evaluating on neighbour-sampled subgraphs (fan-outs '
                              f'{self.fanouts}) from now on')
-            return self._sampled(model, nodes, progress)
+            return self._sampled(model, nodes, progress, shard)
 
-    def _sampled(self, model, nodes: Tensor, progress: bool) -> Tensor:
-        out = None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            loader = _neighbor_loader(self.graph, nodes.cpu(), self.fanouts, self.batch_size,
-                                      shuffle=False)
-            it = progress_bar(loader, desc='eval', unit='batch', enabled=progress,
-                              leave=False, dynamic_ncols=True)
-            start = 0
-            for batch in it:
-                n = batch.batch_size
-                pred = model(batch.to(self.env.device))[:n].float().cpu()
-                if out is None:
-                    out = pred.new_empty((nodes.numel(),) + tuple(pred.shape[1:]))
-                out[start:start + n] = pred
-                start += n
-        assert out is not None
+    def _sampled(self, model, nodes: Tensor, progress: bool, shard: bool) -> Tensor:
+        n, bs = nodes.numel(), self.batch_size
+        batches = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
+        ranks = self.env.world_size if shard and self.env.distributed else 1
+        mine = batches[self.env.rank::ranks] if ranks > 1 else batches
+        loader = _neighbor_loader(self.graph, nodes.cpu(), self.fanouts, bs, shuffle=False,
+                                  batch_sampler=mine, sample_seed=self.seed)
+        it = progress_bar(loader, desc='eval', unit='batch', enabled=progress,
+                          leave=False, dynamic_ncols=True)
+        with torch.random.fork_rng(devices=[]):  # the DataLoader draws a base seed
+            preds = [model(batch.to(self.env.device))[:batch.batch_size].float().cpu()
+                     for batch in it]
+        positions = [p for b in mine for p in b]
+        if ranks > 1:
+            parts = D.all_gather_objects((positions, preds))
+            positions = [p for part in parts for p in part[0]]
+            preds = [t for part in parts for t in part[1]]
+        pred = torch.cat(preds)
+        out = pred.new_empty((n,) + tuple(pred.shape[1:]))
+        out[torch.tensor(positions, dtype=torch.long)] = pred
         return out
 
-    def __call__(self, model, progress: bool, splits: tuple[str, ...] = ('val', 'test')
-                 ) -> dict[str, float]:
+    def __call__(self, model, progress: bool, splits: tuple[str, ...] = ('val', 'test'),
+                 shard: bool = False) -> dict[str, float]:
         masks = [getattr(self.graph, f'{s}_mask') for s in splits]
         union = masks[0].clone()
         for m in masks[1:]:
             union |= m
         nodes = union.nonzero().view(-1)
-        pred = self.predict(model, nodes, progress)
+        pred = self.predict(model, nodes, progress, shard)
         self.finite = bool(torch.isfinite(pred).all())
         y = self.graph.y
         result = {}
@@ -577,7 +584,8 @@ def _node_setup(graph: Any, config: Any, info: Any, env: D.DistEnv, gen: torch.G
     :class:`_SeedBatches` batch sampler (returned as the sampler): shuffled per epoch with
     ``gen``; under ``torchrun`` each step's seeds are split over the processes.
     Evaluation is full-batch unless the loader is ``neighbor`` and :func:`_full_batch_bytes`
-    exceeds half the free memory of the device, then neighbour-sampled with the same fan-outs.
+    exceeds half the free memory of the device (on any rank under ``torchrun``), then
+    neighbour-sampled with the same fan-outs, each rank its share of the batches.
     """
     tc = config.train
     if (tc.loader or 'full') == 'full':
@@ -589,6 +597,8 @@ def _node_setup(graph: Any, config: Any, info: Any, env: D.DistEnv, gen: torch.G
                               generator=gen, num_workers=tc.num_workers, batch_sampler=sampler)
     need, free = _full_batch_bytes(graph, config.model), _free_memory_bytes(env.device)
     mode = 'full' if need <= free // 2 else 'neighbor'
+    if 'neighbor' in D.all_gather_objects(mode):  # one mode for all ranks (they shard it)
+        mode = 'neighbor'
     if mode == 'neighbor':
         log(f'evaluation on neighbour-sampled subgraphs (fan-outs {tc.fanouts}): a forward pass '
             f'over the whole graph needs ~{need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free')
@@ -882,12 +892,17 @@ def _train(config, out: Path, env: D.DistEnv, resume: bool, overwrite: bool, pro
             break
         total, count = D.all_reduce_sum([total, float(count)], env.device)
         train_loss = total / max(count, 1.0)
-        if node_eval is not None:  # one pass for both masks; under torchrun on rank 0 alone
+        if node_eval is not None and env.distributed and node_eval.mode == 'neighbor':
+            # every rank evaluates its share of the batches; all get the gathered predictions
+            val, test = node_eval(model, progress, shard=True).values()
+            finite = node_eval.finite
+        elif node_eval is not None:  # one pass for both masks; under torchrun on rank 0 alone
             val, test, finite = math.nan, math.nan, True  # (then broadcast to every rank)
-            if env.is_main:
+            if env.is_main:  # (a whole graph too large for the device: rank 0 samples alone)
                 val, test = node_eval(model, progress).values()
                 finite = node_eval.finite
-            val, test, finite = D.broadcast_object((val, test, finite))
+            val, test, finite, node_eval.mode = D.broadcast_object(
+                (val, test, finite, node_eval.mode))
         else:
             val = evals['val'](model, progress)
             test = evals['test'](model, progress)

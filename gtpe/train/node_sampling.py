@@ -35,10 +35,14 @@ class UniformNeighborSampler(BaseSampler):
     ``NeighborLoader(subgraph_type='directional')``: a layer-``L`` model's output at a seed
     depends only on them, and equals the full graph's when every fan-out is ``-1`` (for
     aggregations over the in-edges; GCN's degree normalisation sees the subgraph's degrees).
-    Random numbers come from torch's default CPU generator.
+    Random numbers come from torch's default CPU generator; with ``seed``, each batch's from a
+    generator seeded with ``seed`` and the batch's first input position instead, so that a
+    batch's sample depends only on its seeds (what several processes that evaluate different
+    batches of one node list need to sample what one process samples).
     """
 
-    def __init__(self, edge_index: Tensor, num_nodes: int, fanouts: list[int]):
+    def __init__(self, edge_index: Tensor, num_nodes: int, fanouts: list[int],
+                 seed: int | None = None):
         edge_index = edge_index.cpu()
         dst = edge_index[1]
         self.perm = torch.sort(dst, stable=True).indices  # CSC order: edges grouped by target
@@ -47,9 +51,11 @@ class UniformNeighborSampler(BaseSampler):
         self.ptr = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         self.num_nodes = num_nodes
         self.fanouts = list(fanouts)
+        self.seed = seed
         self._local = torch.full((num_nodes,), -1, dtype=torch.long)  # reused, reset per call
 
-    def _sample_edges(self, frontier: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    def _sample_edges(self, frontier: Tensor, k: int,
+                      generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """``(positions in CSC order, target of each)`` of the sampled in-edges of ``frontier``."""
         start = self.ptr.index_select(0, frontier)
         deg = self.ptr.index_select(0, frontier + 1) - start
@@ -62,7 +68,8 @@ class UniformNeighborSampler(BaseSampler):
         pos = start.index_select(0, owner) + offset
         if k >= 0 and bool((deg > k).any()):
             # rank of each edge within its node in a random order; keep the first `k`
-            key = owner.to(torch.float64) + torch.rand(owner.numel(), dtype=torch.float64)
+            key = owner.to(torch.float64) + torch.rand(owner.numel(), dtype=torch.float64,
+                                                       generator=generator)
             order = torch.sort(key).indices
             rank = torch.empty_like(order)
             rank[order] = offset  # offset enumerates 0..deg-1 within each node, in node order
@@ -72,6 +79,10 @@ class UniformNeighborSampler(BaseSampler):
 
     def sample_from_nodes(self, index: Any, **kwargs: Any) -> SamplerOutput:
         seeds = index.node.long()
+        generator = None
+        if self.seed is not None and seeds.numel():
+            first = int(index.input_id[0]) if index.input_id is not None else 0
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + first)
         local = self._local
         nodes = [seeds]
         local[seeds] = torch.arange(seeds.numel())
@@ -80,7 +91,7 @@ class UniformNeighborSampler(BaseSampler):
         frontier = seeds
         try:
             for k in self.fanouts:
-                pos, dst = self._sample_edges(frontier, k)
+                pos, dst = self._sample_edges(frontier, k, generator)
                 src = self.src.index_select(0, pos)
                 new = src[local.index_select(0, src) < 0]
                 if new.numel():  # unique, in order of first appearance
@@ -187,12 +198,14 @@ class SeedBatches(torch.utils.data.Sampler):
 
 def neighbor_loader(graph: Any, nodes: Tensor, fanouts: list[int], batch_size: int, *,
                      shuffle: bool, generator: torch.Generator | None = None,
-                     num_workers: int = 0, batch_sampler: SeedBatches | None = None) -> Any:
+                     num_workers: int = 0, batch_sampler: Any = None,
+                     sample_seed: int | None = None) -> Any:
     """PyG ``NodeLoader`` over ``nodes`` (ids of ``graph``) with :class:`UniformNeighborSampler`
     and the pair attributes handled by :class:`PairSubgraph`. Each batch is a ``Data`` whose
     first ``batch_size`` nodes are the seeds (``n_id``: ids in ``graph``); with
-    ``batch_sampler`` (a :class:`SeedBatches`), its batches of positions into ``nodes``
-    instead (``batch_size`` and ``shuffle`` unused)."""
+    ``batch_sampler`` (a :class:`SeedBatches`, or any iterable of lists), its batches of
+    positions into ``nodes`` instead (``batch_size`` and ``shuffle`` unused). ``sample_seed``:
+    the sampler's per-batch ``seed``."""
     from torch_geometric.loader import NodeLoader
 
     bad = [k for k in _UNSAMPLEABLE_ATTRS if k in graph]
@@ -206,7 +219,8 @@ def neighbor_loader(graph: Any, nodes: Tensor, fanouts: list[int], batch_size: i
             pairs[key] = (graph[key], [graph[v] for v in value_keys])
             for k in (key, *value_keys):
                 del graph[k]
-    node_sampler = UniformNeighborSampler(graph.edge_index, graph.num_nodes, fanouts)
+    node_sampler = UniformNeighborSampler(graph.edge_index, graph.num_nodes, fanouts,
+                                          seed=sample_seed)
     kwargs: dict[str, Any] = dict(num_workers=num_workers, generator=generator)
     if batch_sampler is not None:
         kwargs['batch_sampler'] = batch_sampler
